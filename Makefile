@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Both create (or reuse) the virtual environment at .venv and install what is missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test test-slow apt venv clean-venv help
+
+help:
+	@echo "make serve      serve the default model on http://127.0.0.1:8000"
+	@echo "make test       run the test suite (the one CI runs)"
+	@echo "make test-slow  run the slow tests (second CI stage)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+apt:
+	@scripts/apt-deps.sh
+
+test: apt $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: apt $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+serve: $(STAMP)
+	@if $(VENV)/bin/speechssl serve --help >/dev/null 2>&1; then $(VENV)/bin/speechssl serve; \
+	else echo "speechssl serve: the HTTP server and the default model are not built yet (issues 7 and 8)." >&2; exit 1; fi
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,116 @@
+"""One-file checkpoints: safetensors weights + JSON metadata (config, vocabulary, heads).
+
+Writes are atomic (temp file + rename) so a kill never leaves half a checkpoint.
+Loading validates the format version, the config and the tensor shapes, and says
+what is wrong in words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from speechssl.config import ConfigError, ModelConfig, build
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message says why."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights of the encoder (``wav2vec2.*``) and any heads, plus what is needed to rebuild them."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_config: ModelConfig
+    metadata: dict[str, Any] = field(default_factory=dict)  # vocabulary, speaker threshold, training info
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``; the temp file lives beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint, dtype: torch.dtype | None = None) -> None:
+    """Write weights (optionally cast, e.g. fp16 to ship) and metadata atomically."""
+    tensors = {}
+    for name, tensor in checkpoint.state_dict.items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
+    header = {
+        "format": "speechssl",
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(dataclasses.asdict(checkpoint.model_config)),
+        "metadata": json.dumps(checkpoint.metadata),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    header = read_header(path)
+    if header.get("format") != "speechssl":
+        raise CheckpointError(f"{path}: not a speechssl checkpoint (no speechssl metadata); use import-hf for transformers weights")
+    version = int(header.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version} is newer than this speechssl understands ({FORMAT_VERSION})")
+    try:
+        config = build(ModelConfig, json.loads(header["model_config"]), prefix="model_config.")
+        metadata = json.loads(header.get("metadata", "{}"))
+    except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: bad model config in metadata: {exc}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights are unreadable, the file may be truncated ({exc})") from None
+    return Checkpoint({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, config, metadata)
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = "", path: str = "checkpoint") -> None:
+    """Load the ``prefix``-ed subset of ``state`` into ``module``, naming missing keys and shape mismatches."""
+    own = module.state_dict()
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing = sorted(set(own) - set(sub))
+    if missing:
+        raise CheckpointError(f"{path}: missing weights {prefix}{missing[0]} (and {len(missing) - 1} more)" if len(missing) > 1 else f"{path}: missing weight {prefix}{missing[0]}")
+    for name, tensor in own.items():
+        if sub[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: weight {prefix}{name} has shape {tuple(sub[name].shape)}, the config needs {tuple(tensor.shape)}"
+            )
+    module.load_state_dict({k: sub[k] for k in own}, strict=True)

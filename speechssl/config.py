@@ -1,0 +1,283 @@
+"""Typed configs: dataclasses loaded from YAML, with ``key=value`` overrides.
+
+A YAML file holds only what differs from the defaults. Nested sections map to
+nested dataclasses; ``model.preset`` picks a preset function, and the other
+``model.*`` keys override that preset's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a wav2vec 2.0 model (the fields that decide its weights and forward pass)."""
+
+    conv_dims: list[int] = field(default_factory=lambda: [512] * 7)
+    conv_kernels: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    conv_norm: Literal["group", "layer"] = "group"
+    conv_bias: bool = False
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    layer_norm_first: bool = False  # the "stable" pre-LN variant of LARGE
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feature_dropout: float = 0.1  # after the feature projection
+    layer_drop: float = 0.05
+    # Span masking of latent frames (fairseq mask_prob / mask_length).
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_masks: int = 2
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 10
+    # Gumbel product quantizer and the projections of the contrastive task.
+    num_codevector_groups: int = 2
+    num_codevectors: int = 320
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    # Zero-mean unit-variance waveform per utterance, as LARGE-LV60 expects.
+    normalize_waveform: bool = False
+
+    def validate(self) -> None:
+        if not (len(self.conv_dims) == len(self.conv_kernels) == len(self.conv_strides)):
+            raise ConfigError("model.conv_dims, conv_kernels and conv_strides must have the same length")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
+        if self.hidden_size % self.pos_conv_groups:
+            raise ConfigError("model.hidden_size must be divisible by model.pos_conv_groups")
+        if self.codevector_dim % self.num_codevector_groups:
+            raise ConfigError("model.codevector_dim must be divisible by model.num_codevector_groups")
+        for name in ("mask_prob", "mask_channel_prob", "dropout", "attention_dropout", "layer_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1], got {value}")
+        if self.mask_length < 1:
+            raise ConfigError("model.mask_length must be >= 1")
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame of the conv feature encoder (400 for BASE)."""
+        field_, jump = 1, 1
+        for kernel, stride in zip(self.conv_kernels, self.conv_strides):
+            field_ += (kernel - 1) * jump
+            jump *= stride
+        return field_
+
+    @property
+    def frame_stride(self) -> int:
+        """Samples between output frames (320 for BASE: 50 frames per second at 16 kHz)."""
+        stride = 1
+        for s in self.conv_strides:
+            stride *= s
+        return stride
+
+
+def base() -> ModelConfig:
+    """wav2vec 2.0 BASE: 12 layers, 768 dims, 95M parameters."""
+    return ModelConfig()
+
+
+def large() -> ModelConfig:
+    """wav2vec 2.0 LARGE (LV-60 style): layer-norm conv encoder, pre-LN transformer."""
+    return dataclasses.replace(
+        base(),
+        conv_norm="layer",
+        conv_bias=True,
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        ffn_dim=4096,
+        layer_norm_first=True,
+        codevector_dim=768,
+        proj_codevector_dim=768,
+        normalize_waveform=True,
+    )
+
+
+def small() -> ModelConfig:
+    """A CPU-trainable model: half-width conv encoder, 6 x 384 transformer (~13M parameters)."""
+    return dataclasses.replace(
+        base(),
+        conv_dims=[256] * 7,
+        hidden_size=384,
+        num_layers=6,
+        num_heads=6,
+        ffn_dim=1536,
+        pos_conv_kernel=64,
+        codevector_dim=256,
+        proj_codevector_dim=128,
+        normalize_waveform=True,
+    )
+
+
+def tiny() -> ModelConfig:
+    """For tests and smoke runs: 2 x 96 transformer, narrow conv encoder."""
+    return dataclasses.replace(
+        small(),
+        conv_dims=[64] * 7,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        ffn_dim=192,
+        pos_conv_kernel=16,
+        pos_conv_groups=4,
+        codevector_dim=64,
+        proj_codevector_dim=32,
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# --------------------------------------------------------------------------- loading
+
+T = TypeVar("T")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "model.preset=tiny"]`` -> nested dict with YAML-typed values."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return tree
+
+
+def merge(base_tree: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base_tree)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return tree
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return build(hint, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type[T], tree: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(tree) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; known keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in tree.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def build_model_config(tree: dict[str, Any] | None, prefix: str = "model.") -> ModelConfig:
+    """``{"preset": "small", "num_layers": 4}`` -> the small preset with 4 layers."""
+    tree = dict(tree or {})
+    preset = tree.pop("preset", "base")
+    start = dataclasses.asdict(model_preset(preset))
+    return build(ModelConfig, merge(start, tree), prefix=prefix)
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read YAML ``path`` (optional), apply ``key=value`` overrides, build ``cls``."""
+    tree = read_yaml(path) if path is not None else {}
+    tree = merge(tree, parse_overrides(overrides or []))
+    return build(cls, tree)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

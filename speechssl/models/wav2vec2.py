@@ -1,0 +1,206 @@
+"""wav2vec 2.0 assembly: waveform -> conv features -> projection (+ masking) -> transformer.
+
+``Wav2Vec2Model`` is the encoder every head shares; ``Wav2Vec2ForPretraining`` adds
+the quantizer and the contrastive objective. Parameter names match transformers'
+``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` so interop is a key rename at most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from speechssl.config import ModelConfig
+from speechssl.models.feature_encoder import FeatureEncoder, conv_output_lengths, valid_mask
+from speechssl.models.masking import sample_negatives, span_mask
+from speechssl.models.quantizer import GumbelQuantizer
+from speechssl.models.transformer import TransformerEncoder
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: list[Tensor]  # [transformer input, layer 1, ..., layer N], each (B, T, C)
+    lengths: Tensor  # (B,) valid frames
+    features: Tensor  # (B, T, C_conv) layer-normed conv features (the quantizer's input)
+    raw_features: Tensor  # (B, T, C_conv) conv features before the layer norm
+
+    @property
+    def last(self) -> Tensor:
+        return self.hidden_states[-1]
+
+    @property
+    def valid(self) -> Tensor:
+        return valid_mask(self.lengths, self.last.shape[1])
+
+
+@dataclass
+class PretrainLoss:
+    loss: Tensor  # contrastive + weighted diversity + weighted feature penalty, per masked frame
+    contrastive: Tensor  # mean cross-entropy over masked frames
+    diversity: Tensor  # (G*V - perplexity) / (G*V)
+    feature_penalty: Tensor  # mean squared conv feature
+    accuracy: Tensor  # fraction of masked frames whose positive scores highest
+    perplexity: Tensor
+    num_masked: int
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dims[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.conv_dims[-1], config.hidden_size)
+        self.dropout = nn.Dropout(config.feature_dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        normed = self.layer_norm(x)
+        return self.dropout(self.projection(normed)), normed
+
+
+class Wav2Vec2Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.encoder = TransformerEncoder(config)
+        self.apply(init_weights)
+
+    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        return conv_output_lengths(sample_lengths, self.config.conv_kernels, self.config.conv_strides)
+
+    def normalize(self, waves: Tensor, lengths: Tensor) -> Tensor:
+        """Zero mean, unit variance per utterance over its valid samples; padding stays zero."""
+        valid = valid_mask(lengths, waves.shape[1]).to(waves.dtype)
+        count = valid.sum(1, keepdim=True).clamp(min=1)
+        mean = (waves * valid).sum(1, keepdim=True) / count
+        var = (((waves - mean) * valid) ** 2).sum(1, keepdim=True) / count
+        return (waves - mean) * torch.rsqrt(var + 1e-7) * valid
+
+    def forward(
+        self,
+        waves: Tensor,
+        lengths: Tensor | None = None,
+        time_mask: Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> EncoderOutput:
+        """waves (B, S) at 16 kHz, lengths (B,) samples; time_mask (B, T) bool frames to mask."""
+        if lengths is None:
+            lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.long, device=waves.device)
+        if self.config.normalize_waveform:
+            waves = self.normalize(waves, lengths)
+        raw, frames = self.feature_extractor(waves, lengths)  # (B, T, C_conv)
+        x, normed = self.feature_projection(raw)  # (B, T, C)
+        valid = valid_mask(frames, x.shape[1])
+        x = self.apply_mask(x, time_mask)
+        hidden = self.encoder(x, valid, num_layers=num_layers)
+        return EncoderOutput(hidden, frames, normed, raw)
+
+    def apply_mask(self, x: Tensor, time_mask: Tensor | None) -> Tensor:
+        if time_mask is not None:
+            x = torch.where(time_mask.unsqueeze(-1), self.masked_spec_embed.to(x.dtype), x)
+        cfg = self.config
+        if self.training and cfg.mask_channel_prob > 0:
+            # Channel masking (SpecAugment on features): zero random spans of channels.
+            lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.long)
+            channels = span_mask(lengths, x.shape[-1], cfg.mask_channel_prob, cfg.mask_channel_length)
+            x = x.masked_fill(channels.to(x.device).unsqueeze(1), 0.0)
+        return x
+
+    def time_mask(self, frame_lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        cfg = self.config
+        max_len = int(frame_lengths.max()) if len(frame_lengths) else 0
+        return span_mask(frame_lengths.cpu(), max_len, cfg.mask_prob, cfg.mask_length, cfg.min_masks, generator).to(
+            frame_lengths.device
+        )
+
+
+class Wav2Vec2ForPretraining(nn.Module):
+    """Encoder + Gumbel quantizer + projections for the contrastive task."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.quantizer = GumbelQuantizer(config)
+        self.project_hid = nn.Linear(config.hidden_size, config.proj_codevector_dim)
+        self.project_q = nn.Linear(config.codevector_dim, config.proj_codevector_dim)
+        for proj in (self.project_hid, self.project_q):
+            init_weights(proj)
+
+    def forward(
+        self,
+        waves: Tensor,
+        lengths: Tensor,
+        *,
+        num_negatives: int = 100,
+        logit_temperature: float = 0.1,
+        diversity_weight: float = 0.1,
+        feature_penalty_weight: float = 10.0,
+        generator: torch.Generator | None = None,
+        time_mask: Tensor | None = None,
+        negatives: Tensor | None = None,
+    ) -> PretrainLoss:
+        """Mask, encode, quantize, and score each masked frame against K distractors.
+
+        ``time_mask`` and ``negatives`` may be given (tests, parity); otherwise they are
+        drawn from ``generator``.
+        """
+        encoder = self.wav2vec2
+        frames = encoder.frame_lengths(lengths)
+        if time_mask is None:
+            time_mask = encoder.time_mask(frames, generator)
+        out = encoder(waves, lengths, time_mask=time_mask)
+        if negatives is None:
+            negatives = sample_negatives(time_mask, num_negatives, generator)
+        quantized = self.quantizer(out.features, time_mask, generator)
+        targets = self.project_q(quantized.quantized)  # (B, T, P)
+        context = self.project_hid(out.last)  # (B, T, P)
+        logits = contrastive_logits(context, targets, negatives, time_mask, logit_temperature)  # (M, K+1)
+        num_masked = int(time_mask.sum())
+        contrastive = F.cross_entropy(logits.float(), torch.zeros(num_masked, dtype=torch.long, device=logits.device))
+        num_entries = self.quantizer.num_groups * self.quantizer.num_vars
+        diversity = (num_entries - quantized.perplexity) / num_entries
+        feature_penalty = out.raw_features.float().pow(2).mean()
+        loss = contrastive + diversity_weight * diversity + feature_penalty_weight * feature_penalty
+        accuracy = (logits.argmax(-1) == 0).float().mean() if num_masked else logits.new_zeros(())
+        return PretrainLoss(loss, contrastive, diversity, feature_penalty, accuracy.detach(), quantized.perplexity.detach(), num_masked)
+
+
+def init_weights(module: nn.Module) -> None:
+    """The reference initialisation (fairseq / transformers); the conv stack needs He init
+    or its activations vanish after seven layers. ``Module.apply`` visits children first,
+    so the FeatureProjection branch overrides its Linear's default."""
+    if isinstance(module, FeatureProjection):
+        bound = module.projection.in_features**-0.5
+        nn.init.uniform_(module.projection.weight, -bound, bound)
+        nn.init.uniform_(module.projection.bias, -bound, bound)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv1d):
+        nn.init.kaiming_normal_(module.weight)
+        if module.bias is not None:
+            bound = (module.groups / (module.in_channels * module.kernel_size[0])) ** 0.5
+            nn.init.uniform_(module.bias, -bound, bound)
+
+
+def contrastive_logits(context: Tensor, targets: Tensor, negatives: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """Cosine similarity of each masked frame's context to its target (column 0) and K distractors.
+
+    context, targets (B, T, P); negatives (B, T, K) frame indices; mask (B, T) -> (M, K+1) logits.
+    A distractor identical to the positive (same codewords) is excluded with -inf.
+    """
+    b, t, p = targets.shape
+    batch_index = torch.arange(b, device=targets.device)[:, None, None]  # (B, 1, 1)
+    distractors = targets[batch_index, negatives]  # (B, T, K, P)
+    candidates = torch.cat([targets.unsqueeze(2), distractors], dim=2)[mask]  # (M, K+1, P)
+    query = context[mask].unsqueeze(1)  # (M, 1, P)
+    logits = F.cosine_similarity(query.float(), candidates.float(), dim=-1) / temperature  # (M, K+1)
+    same = (candidates[:, 1:] == candidates[:, :1]).all(-1)  # (M, K)
+    return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)

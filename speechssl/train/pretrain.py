@@ -1,0 +1,125 @@
+"""Self-supervised pretraining: the wav2vec 2.0 contrastive task on unlabeled audio."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from speechssl.checkpoint import Checkpoint
+from speechssl.config import ConfigError, ModelConfig, build_model_config, load_config
+from speechssl.data.dataset import Batch
+from speechssl.data.manifest import read_manifest
+from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
+from speechssl.train.loop import StepResult, TrainSummary, train
+from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
+
+log = logging.getLogger("speechssl.pretrain")
+
+
+@dataclass
+class ObjectiveConfig:
+    num_negatives: int = 100
+    logit_temperature: float = 0.1
+    diversity_weight: float = 0.1
+    feature_penalty_weight: float = 10.0
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995  # per update
+    feature_grad_mult: float = 0.1  # the conv encoder learns this much slower
+    collapse_perplexity: float = 8.0  # warn when codebook use falls below this
+
+    def validate(self) -> None:
+        if self.num_negatives < 1:
+            raise ConfigError("objective.num_negatives must be >= 1")
+        if not 0 < self.gumbel_decay <= 1:
+            raise ConfigError("objective.gumbel_decay must be in (0, 1]")
+
+
+@dataclass
+class PretrainConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    init_from: str | None = None  # continue from a checkpoint's weights (not its optimizer)
+
+    def validate(self) -> None:
+        self.model_config()  # unknown model keys fail here, with their names
+        if not self.data.train:
+            raise ConfigError("data.train: give at least one training manifest")
+
+    def model_config(self) -> ModelConfig:
+        return build_model_config(self.model)
+
+
+class PretrainTask:
+    selection_metric = "loss"
+
+    def __init__(self, config: PretrainConfig):
+        self.config = config
+        self.objective = config.objective
+        self.module = Wav2Vec2ForPretraining(config.model_config())
+        self.module.wav2vec2.feature_extractor.grad_scale = self.objective.feature_grad_mult
+        if config.init_from:
+            from speechssl.checkpoint import load_checkpoint, load_into
+
+            ckpt = load_checkpoint(config.init_from)
+            load_into(self.module, ckpt.state_dict, path=config.init_from)
+        self.warned = False
+
+    def before_step(self, step: int) -> None:
+        o = self.objective
+        self.module.quantizer.temperature = max(o.gumbel_end, o.gumbel_start * o.gumbel_decay**step)
+
+    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator):
+        o = self.objective
+        return model(
+            batch.waves, batch.lengths, num_negatives=o.num_negatives, logit_temperature=o.logit_temperature,
+            diversity_weight=o.diversity_weight, feature_penalty_weight=o.feature_penalty_weight, generator=generator,
+        )
+
+    def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult:
+        out = self.loss(model, batch, generator)
+        perplexity = float(out.perplexity)
+        if perplexity < self.objective.collapse_perplexity and not self.warned:
+            log.warning("codebook perplexity %.1f < %.1f: the quantizer is collapsing", perplexity,
+                        self.objective.collapse_perplexity)
+            self.warned = True
+        return StepResult(out.loss, {
+            "contrastive": float(out.contrastive), "diversity": float(out.diversity),
+            "feature_penalty": float(out.feature_penalty), "accuracy": float(out.accuracy),
+            "perplexity": perplexity, "temperature": self.module.quantizer.temperature,
+        })
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+        """Validation loss with fixed masks and distractors (seeded), quantizer in eval mode."""
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        generator = torch.Generator().manual_seed(0)
+        totals = {"loss": 0.0, "contrastive": 0.0, "accuracy": 0.0, "perplexity": 0.0}
+        frames = 0
+        for batch in loader:
+            out = self.loss(self.module, batch.to(device), generator)
+            for key in totals:
+                totals[key] += float(getattr(out, key)) * out.num_masked
+            frames += out.num_masked
+        self.module.train()
+        return {k: v / max(frames, 1) for k, v in totals.items()}
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.module.state_dict(), self.module.config, {"kind": "pretrain"})
+
+
+def run_pretrain(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:
+    config = load_config(PretrainConfig, config_path, overrides)
+    train_utts = [u for path in config.data.train for u in read_manifest(path)]
+    valid_utts = [u for path in config.data.valid for u in read_manifest(path)]
+    task = PretrainTask(config)
+    return train(task, config, config.data, config.optim, config.run, train_utts, valid_utts, resume=resume)
