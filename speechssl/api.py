@@ -39,6 +39,11 @@ class SpeechModel:
         return self.encoder.config.hidden_size
 
     @property
+    def heads(self) -> list[str]:
+        """What this checkpoint can do beyond embeddings (later: "ctc", "speaker")."""
+        return ["embeddings"]
+
+    @property
     def num_layers(self) -> int:
         return self.encoder.config.num_layers
 

@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "transformers' from_pretrained() loads.")
     exp.add_argument("checkpoint", type=Path, help="speechssl checkpoint (.safetensors)")
     exp.add_argument("out_dir", type=Path, help="folder to write")
+    serve = sub.add_parser("serve", help="serve a checkpoint over HTTP (FastAPI + uvicorn)",
+                           description="Serve embeddings over HTTP. Every flag can also be set with a "
+                           "SPEECHSSL_<NAME> environment variable (e.g. SPEECHSSL_API_KEY).")
+    serve.add_argument("--checkpoint", default=None, help="checkpoint to serve (default: the shipped model)")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="uvicorn worker processes, each with its own model copy (default 1)")
+    serve.add_argument("--max-batch", dest="max_batch_items", type=int, default=None,
+                       help="most requests per device batch; 1 disables batching")
     return parser
 
 
@@ -114,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
         for path in args.files:
             vector = model.embed(str(path), layer=args.layer, pooling=args.pooling)
             print(json.dumps({"file": str(path), "shape": list(vector.shape), "embedding": vector.tolist()}))
+    elif args.command == "serve":
+        from server.main import serve
+
+        flags = {k: getattr(args, k) for k in ("checkpoint", "host", "port", "device", "max_batch_items")}
+        serve({k: v for k, v in flags.items() if v is not None}, workers=args.workers)
     elif args.command == "import-hf":
         from speechssl.interop.hf import import_hf
 
@@ -134,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     from speechssl.audio import AudioError
     from speechssl.checkpoint import CheckpointError
     from speechssl.config import ConfigError
+    from speechssl.data.manifest import ManifestError
 
     try:
         return run(args)
-    except (ConfigError, CheckpointError, AudioError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, AudioError, ManifestError, FileNotFoundError) as exc:
         print(f"speechssl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,11 +47,13 @@ class GumbelQuantizer(nn.Module):
             probs = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)
             soft = probs.view(b * t, self.num_groups, -1)
         perplexity = codebook_perplexity(soft, mask.flatten())
-        probs = probs.type_as(features).view(b * t, self.num_groups * self.num_vars)
-        # (BT, G*V, 1) x (1, G*V, d/G) -> (BT, G, V, d/G) -> sum over V -> (B, T, d)
-        chosen = (probs.unsqueeze(-1) * self.codevectors).view(b * t, self.num_groups, self.num_vars, -1).sum(-2)
+        probs = probs.type_as(features).view(b * t, self.num_groups, self.num_vars)
+        # Weighted sum of each group's entries as a matmul, never materialising (BT, G, V, d/G):
+        # (G, BT, V) @ (G, V, d/G) -> (G, BT, d/G) -> (B, T, d)
+        codebooks = self.codevectors.view(self.num_groups, self.num_vars, -1)
+        chosen = torch.bmm(probs.transpose(0, 1), codebooks).transpose(0, 1).reshape(b, t, -1)
         indices = probs.view(b, t, self.num_groups, self.num_vars).argmax(-1)
-        return QuantizerOutput(chosen.view(b, t, -1), perplexity, indices)
+        return QuantizerOutput(chosen, perplexity, indices)
 
 
 def gumbel_softmax_hard(logits: Tensor, tau: float, generator: torch.Generator | None) -> Tensor:

@@ -197,10 +197,14 @@ def contrastive_logits(context: Tensor, targets: Tensor, negatives: Tensor, mask
     A distractor identical to the positive (same codewords) is excluded with -inf.
     """
     b, t, p = targets.shape
-    batch_index = torch.arange(b, device=targets.device)[:, None, None]  # (B, 1, 1)
-    distractors = targets[batch_index, negatives]  # (B, T, K, P)
-    candidates = torch.cat([targets.unsqueeze(2), distractors], dim=2)[mask]  # (M, K+1, P)
-    query = context[mask].unsqueeze(1)  # (M, 1, P)
-    logits = F.cosine_similarity(query.float(), candidates.float(), dim=-1) / temperature  # (M, K+1)
+    flat = targets.reshape(b * t, p)
+    rows = mask.flatten().nonzero().flatten()  # (M,) masked frames in (B*T) order
+    # Distractors index frames of the same utterance: offset them into (B*T).
+    offsets = (rows // t)[:, None] * t  # (M, 1)
+    candidate_index = torch.cat([rows[:, None], negatives.reshape(b * t, -1)[rows] + offsets], dim=1)  # (M, K+1)
+    candidates = flat[candidate_index]  # (M, K+1, P)
+    unit = F.normalize(candidates.float(), dim=-1, eps=1e-8)
+    query = F.normalize(context.reshape(b * t, p)[rows].float(), dim=-1, eps=1e-8)  # (M, P)
+    logits = torch.bmm(unit, query.unsqueeze(-1)).squeeze(-1) / temperature  # (M, K+1)
     same = (candidates[:, 1:] == candidates[:, :1]).all(-1)  # (M, K)
     return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)

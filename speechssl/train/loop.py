@@ -106,8 +106,9 @@ class BatchStream:
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_position(self.position)
                 self.dataset.set_epoch(self.epoch)
+                # Its own generator: a new iterator must not draw from the global RNG that seeds dropout.
                 loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                                    num_workers=self.num_workers, persistent_workers=False)
+                                    num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.epoch))
                 self._iter = iter(loader)
             try:
                 batch = next(self._iter)
@@ -178,7 +179,8 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
     module = task.module.to(device)
     model: nn.Module = module
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+        # Layer drop leaves some layers out of a step's graph; DDP must then look for them.
+        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=getattr(module.config, "layer_drop", 0) > 0)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
@@ -212,7 +214,7 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
             with (model.no_sync() if not sync_ok else contextlib.nullcontext()), autocast:
                 result = task.train_step(model, batch, generator)
                 (result.loss / optim.grad_accum).backward()
-            for key, value in {"loss": float(result.loss), **result.metrics}.items():
+            for key, value in {"loss": result.loss.item(), **result.metrics}.items():
                 window.setdefault(key, []).append(value)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_norm)
         if torch.isfinite(grad_norm):

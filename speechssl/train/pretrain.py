@@ -92,8 +92,8 @@ class PretrainTask:
                         self.objective.collapse_perplexity)
             self.warned = True
         return StepResult(out.loss, {
-            "contrastive": float(out.contrastive), "diversity": float(out.diversity),
-            "feature_penalty": float(out.feature_penalty), "accuracy": float(out.accuracy),
+            "contrastive": out.contrastive.item(), "diversity": out.diversity.item(),
+            "feature_penalty": out.feature_penalty.item(), "accuracy": float(out.accuracy),
             "perplexity": perplexity, "temperature": self.module.quantizer.temperature,
         })
 
@@ -121,5 +121,6 @@ def run_pretrain(config_path: str | None, overrides: list[str], resume: bool = F
     config = load_config(PretrainConfig, config_path, overrides)
     train_utts = [u for path in config.data.train for u in read_manifest(path)]
     valid_utts = [u for path in config.data.valid for u in read_manifest(path)]
+    torch.manual_seed(config.run.seed)  # the initial weights, so a run is reproducible from its config
     task = PretrainTask(config)
     return train(task, config, config.data, config.optim, config.run, train_utts, valid_utts, resume=resume)

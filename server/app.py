@@ -1,0 +1,108 @@
+"""``create_app(settings)``: load the checkpoint once, warm it up, then serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from server import errors
+from server.batcher import Batcher
+from server.metrics import Metrics
+from server.routes import embeddings, health
+from server.settings import Settings
+
+log = logging.getLogger("speechssl.server")
+
+
+def run_batch(model):
+    """The device work of one batch, by operation; runs in the model thread."""
+
+    def run(op, waves: list[np.ndarray]):
+        kind, *args = op
+        if kind == "embed":
+            return model.encode(waves, layer=args[0])
+        raise ValueError(f"unknown operation {kind!r}")
+
+    return run
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import speechssl
+        import torch
+
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device)
+        model.max_batch_seconds = settings.max_batch_seconds
+        # Warm-up: the first forward pass allocates and picks kernels; do it before reporting ready.
+        await asyncio.to_thread(model.encode, [np.zeros(16000, np.float32)])
+        app.state.model = model
+        app.state.batcher = Batcher(
+            run_batch(model), max_batch_seconds=settings.max_batch_seconds, max_batch_items=settings.max_batch_items,
+            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=app.state.metrics.observe_batch,
+        )
+        app.state.batcher.start()
+        app.state.ready = True
+        log.info("serving %s on %s", model.name, model.device)
+        yield
+        app.state.ready = False
+        await app.state.batcher.drain()
+
+    app = FastAPI(title="speechssl", version="0.1.0", lifespan=lifespan,
+                  description="Self-supervised speech representations: embeddings over HTTP.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.ready = False
+    errors.install(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        started = time.monotonic()
+        denied = check_request(request, settings)
+        response = denied or await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(path, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(path).observe(time.monotonic() - started)
+        response.headers["x-request-id"] = request.state.request_id
+        log.info("%s %s %s %d %.1f ms", request.state.request_id, request.method, request.url.path,
+                 response.status_code, 1000 * (time.monotonic() - started))
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        if hasattr(app.state, "batcher"):
+            app.state.metrics.queue_depth.set(app.state.batcher.depth)
+        return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.include_router(health.router)
+    app.include_router(embeddings.router)
+    return app
+
+
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+
+
+def check_request(request: Request, settings: Settings) -> Response | None:
+    """API key and upload size, checked before the body is read."""
+    if settings.api_key and request.url.path not in OPEN_PATHS:
+        if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+            return errors.error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                         "authentication_error", "invalid_api_key")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        return errors.error_response(413, f"upload of {int(length)} bytes exceeds the limit of "
+                                     f"{settings.max_upload_bytes} bytes", "invalid_request_error", "upload_too_large")
+    return None

@@ -1,0 +1,57 @@
+"""One error shape for every failure: {"error": {"message", "type", "code"}} with a 4xx status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from speechssl.audio import AudioDecodeError, AudioError, AudioTooLongError
+
+log = logging.getLogger("speechssl.server")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
+
+
+def error_response(status: int, message: str, type_: str, code: str | None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status, headers=headers)
+
+
+def audio_error(exc: AudioError) -> ApiError:
+    if isinstance(exc, AudioDecodeError):
+        return ApiError(415, str(exc), code="unsupported_audio")
+    if isinstance(exc, AudioTooLongError):
+        return ApiError(413, str(exc), code="audio_too_long")
+    return ApiError(400, str(exc), code="invalid_audio")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", []) if p != "body")
+            parts.append(f"{where}: {err.get('msg')}")
+        return error_response(422, "; ".join(parts) or "invalid request", "invalid_request_error", "validation_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # A bug of ours, not the client's: log it with the request id, keep the worker alive.
+        log.exception("request %s failed", getattr(request.state, "request_id", "?"))
+        return error_response(500, "internal error; see the server log", "server_error", None)

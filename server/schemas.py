@@ -1,0 +1,40 @@
+"""Wire types of the HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "speechssl"
+    hidden_size: int
+    num_layers: int
+    sample_rate: int
+    heads: list[str]
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class Embedding(BaseModel):
+    object: str = "embedding"
+    index: int = 0
+    embedding: list[float] | list[list[float]]
+
+
+class EmbeddingList(BaseModel):
+    object: str = "list"
+    data: list[Embedding]
+    model: str
+    layer: int
+    pooling: str
+    frames: int
+    duration: float
+
+
+class Health(BaseModel):
+    status: str
