@@ -101,10 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "synth":
-        from speechssl.data.synth import synthesize
+        from speechssl.data.synth import main_synth
 
-        report = synthesize(args.out, args.hours, seed=args.seed, jobs=args.jobs)
-        print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else vars(report), indent=2, default=str))
+        main_synth(args.out, args.hours, seed=args.seed, jobs=args.jobs)
     elif args.command == "data" and args.data_command == "manifest":
         from speechssl.data.manifest import build_manifest, write_manifest
 
@@ -151,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     from speechssl.checkpoint import CheckpointError
     from speechssl.config import ConfigError
     from speechssl.data.manifest import ManifestError
+    from speechssl.data.synth import SynthError
 
     try:
         return run(args)
-    except (ConfigError, CheckpointError, AudioError, ManifestError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, AudioError, ManifestError, SynthError, FileNotFoundError) as exc:
         print(f"speechssl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,165 @@
+"""The HTTP service on a real uvicorn server over loopback."""
+
+import asyncio
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import create_app
+from server.settings import Settings
+from speechssl.checkpoint import Checkpoint, save_checkpoint
+from speechssl.config import tiny
+from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
+from tests.conftest import require_fsdd
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, settings: Settings):
+        self.port = free_port()
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    module = Wav2Vec2ForPretraining(tiny())
+    path = tmp_path_factory.mktemp("srv") / "tiny.safetensors"
+    save_checkpoint(path, Checkpoint(module.state_dict(), module.config, {"kind": "pretrain"}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    settings = Settings(checkpoint=checkpoint, device="cpu", max_upload_bytes=2_000_000, max_audio_seconds=20,
+                        max_wait_ms=30, api_key="sekret")
+    with LiveServer(settings) as live:
+        yield live
+
+
+AUTH = {"Authorization": "Bearer sekret"}
+
+
+def wav_bytes(wave: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def speech() -> bytes:
+    return sorted(require_fsdd().glob("*.wav"))[0].read_bytes()
+
+
+def test_health_ready_models_docs(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/ready").json() == {"status": "ready"}
+    models = httpx.get(server.url + "/v1/models", headers=AUTH).json()
+    assert models["data"][0]["hidden_size"] == tiny().hidden_size
+    assert httpx.get(server.url + "/docs").status_code == 200
+    assert "/v1/embeddings" in httpx.get(server.url + "/openapi.json").json()["paths"]
+
+
+def test_embeddings_mean_frames_and_layer(server, speech):
+    files = {"file": ("a.wav", speech, "audio/wav")}
+    mean = httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).json()
+    assert mean["object"] == "list" and len(mean["data"][0]["embedding"]) == tiny().hidden_size
+    frames = httpx.post(server.url + "/v1/embeddings", files=files, data={"pooling": "none", "layer": "1"},
+                        headers=AUTH).json()
+    matrix = np.array(frames["data"][0]["embedding"])
+    assert matrix.shape == (frames["frames"], tiny().hidden_size) and frames["layer"] == 1
+    unit = httpx.post(server.url + "/v1/embeddings", files=files, data={"normalize": "true"}, headers=AUTH).json()
+    assert np.linalg.norm(unit["data"][0]["embedding"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_concurrent_requests_are_batched(server, speech):
+    async def many():
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120) as client:
+            return await asyncio.gather(*[
+                client.post("/v1/embeddings", files={"file": ("a.wav", speech, "audio/wav")}) for _ in range(64)])
+
+    responses = asyncio.run(many())
+    assert [r.status_code for r in responses] == [200] * 64
+    first = responses[0].json()["data"][0]["embedding"]
+    for r in responses[1:]:
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], first, atol=1e-5)
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+    sizes = families["speechssl_batch_size"]
+    count = next(s.value for s in sizes.samples if s.name.endswith("_count"))
+    total = next(s.value for s in sizes.samples if s.name.endswith("_sum"))
+    assert total / count > 1.0, "no batch held more than one request"
+
+
+@pytest.mark.parametrize("name, content, extra, status, message", [
+    ("corrupt", b"RIFF\x00\x00garbage" * 50, {}, 415, "could not decode audio"),
+    ("empty", b"", {}, 415, "audio is empty"),
+    ("one sample", wav_bytes(np.zeros(1, np.float32), 16000), {}, 400, "too short"),
+    ("nan", wav_bytes(np.full(16000, np.nan, np.float32), 16000, "FLOAT"), {}, 400, "NaN"),
+    ("too long", wav_bytes(np.zeros(16000 * 25, np.float32), 16000), {}, 413, "too long"),
+    ("over-size", b"\x00" * 2_100_000, {}, 413, "exceeds the limit"),
+    ("bad layer", None, {"layer": "99"}, 400, "layer must be between"),
+    ("bad pooling", None, {"pooling": "max"}, 422, "pooling"),
+])
+def test_bad_input_gets_4xx_json_and_server_survives(server, speech, name, content, extra, status, message):
+    files = {"file": ("x.wav", speech if content is None else content, "audio/wav")}
+    response = httpx.post(server.url + "/v1/embeddings", files=files, data=extra, headers=AUTH)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("wave, rate, subtype", [
+    (np.sin(np.linspace(0, 2000, 48000 * 2)).reshape(-1, 2).astype(np.float32) * 0.3, 48000, "PCM_16"),
+    (np.sin(np.linspace(0, 800, 8000)).astype(np.float32) * 0.3, 8000, "PCM_U8"),
+    (np.sin(np.linspace(0, 800, 8000)).astype(np.float32) * 0.3, 8000, "PCM_16"),
+])
+def test_odd_but_valid_formats_are_accepted(server, wave, rate, subtype):
+    files = {"file": ("odd.wav", wav_bytes(wave, rate, subtype), "audio/wav")}
+    assert httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).status_code == 200
+
+
+def test_auth_missing_field_and_content_type(server, speech):
+    no_key = httpx.post(server.url + "/v1/embeddings", files={"file": ("a.wav", speech)})
+    wrong = httpx.post(server.url + "/v1/embeddings", files={"file": ("a.wav", speech)}, headers={"Authorization": "Bearer no"})
+    assert no_key.status_code == wrong.status_code == 401 and "API key" in no_key.json()["error"]["message"]
+    missing = httpx.post(server.url + "/v1/embeddings", data={"pooling": "mean"}, headers=AUTH)
+    assert missing.status_code == 422 and "file" in missing.json()["error"]["message"]
+    as_json = httpx.post(server.url + "/v1/embeddings", json={"file": "a.wav"}, headers=AUTH)
+    assert as_json.status_code == 422
+    assert httpx.get(server.url + "/health").status_code == 200
