@@ -28,8 +28,11 @@ class GumbelQuantizer(nn.Module):
         super().__init__()
         self.num_groups = config.num_codevector_groups
         self.num_vars = config.num_codevectors
+        # Zero-mean entries: the reference's U[0, 1) init gives every entry a shared +0.5
+        # component, so all targets start ~0.9 cosine-similar and the contrastive task sits
+        # at chance for thousands of updates, longer than a CPU run lasts.
         self.codevectors = nn.Parameter(
-            torch.rand(1, self.num_groups * self.num_vars, config.codevector_dim // self.num_groups)
+            torch.empty(1, self.num_groups * self.num_vars, config.codevector_dim // self.num_groups).uniform_(-1, 1)
         )
         self.weight_proj = nn.Linear(config.conv_dims[-1], self.num_groups * self.num_vars)
         nn.init.normal_(self.weight_proj.weight, std=1.0)

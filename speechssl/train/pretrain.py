@@ -26,6 +26,10 @@ class ObjectiveConfig:
     num_negatives: int = 100
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
+    # Short CPU runs: hold the diversity loss at 0 for this many updates, then ramp it to
+    # diversity_weight over as many again. With it on from step 0 a small model sits at
+    # chance (loss ln(K+1)) for longer than a CPU hour; 0 keeps the paper's behaviour.
+    diversity_warmup_steps: int = 0
     feature_penalty_weight: float = 10.0
     gumbel_start: float = 2.0
     gumbel_end: float = 0.5
@@ -72,22 +76,27 @@ class PretrainTask:
             ckpt = load_checkpoint(config.init_from)
             load_into(self.module, ckpt.state_dict, path=config.init_from)
         self.warned = False
+        self.diversity_weight = config.objective.diversity_weight
 
     def before_step(self, step: int) -> None:
         o = self.objective
         self.module.quantizer.temperature = max(o.gumbel_end, o.gumbel_start * o.gumbel_decay**step)
+        warm = o.diversity_warmup_steps
+        ramp = 1.0 if warm == 0 else min(1.0, max(0.0, (step - warm) / warm))
+        self.diversity_weight = o.diversity_weight * ramp
 
-    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator):
+    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator, diversity_weight: float):
         o = self.objective
         return model(
             batch.waves, batch.lengths, num_negatives=o.num_negatives, logit_temperature=o.logit_temperature,
-            diversity_weight=o.diversity_weight, feature_penalty_weight=o.feature_penalty_weight, generator=generator,
+            diversity_weight=diversity_weight, feature_penalty_weight=o.feature_penalty_weight, generator=generator,
         )
 
     def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult:
-        out = self.loss(model, batch, generator)
+        out = self.loss(model, batch, generator, self.diversity_weight)
         perplexity = float(out.perplexity)
-        if perplexity < self.objective.collapse_perplexity and not self.warned:
+        diversity_on = self.diversity_weight >= self.objective.diversity_weight
+        if diversity_on and perplexity < self.objective.collapse_perplexity and not self.warned:
             log.warning("codebook perplexity %.1f < %.1f: the quantizer is collapsing", perplexity,
                         self.objective.collapse_perplexity)
             self.warned = True
@@ -95,6 +104,7 @@ class PretrainTask:
             "contrastive": out.contrastive.item(), "diversity": out.diversity.item(),
             "feature_penalty": out.feature_penalty.item(), "accuracy": float(out.accuracy),
             "perplexity": perplexity, "temperature": self.module.quantizer.temperature,
+            "diversity_weight": self.diversity_weight,
         })
 
     @torch.no_grad()
@@ -106,7 +116,8 @@ class PretrainTask:
         totals = {"loss": 0.0, "contrastive": 0.0, "accuracy": 0.0, "perplexity": 0.0}
         frames = 0
         for batch in loader:
-            out = self.loss(self.module, batch.to(device), generator)
+            # The full diversity weight, so validation losses compare across the warm-up.
+            out = self.loss(self.module, batch.to(device), generator, self.objective.diversity_weight)
             for key in totals:
                 totals[key] += float(getattr(out, key)) * out.num_masked
             frames += out.num_masked
