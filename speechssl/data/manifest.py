@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,14 +33,20 @@ class Utterance:
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case letters, apostrophe and single spaces: the CTC alphabet."""
-    text = text.lower().replace("\u2019", "'")
+    """Lower-case a-z, apostrophe and single spaces: the CTC alphabet.
+
+    Accents are folded (cafe for café) rather than dropped; an apostrophe survives only
+    inside a word (don't), since at a word's edge it is a quotation mark.
+    """
+    text = unicodedata.normalize("NFKD", text.replace("\u2019", "'")).lower()
+    text = "".join(c for c in text if not unicodedata.combining(c))
     text = re.sub(r"[^a-z' ]+", " ", text)
-    text = re.sub(r"\s+'|'\s+|^'|'$", " ", text)  # quotes, not contractions
+    text = re.sub(r"(?<![a-z])'+|'+(?![a-z])", " ", text)
     return re.sub(r" +", " ", text).strip()
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
+    """Every row, validated; relative audio paths are joined to the manifest's folder."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -77,7 +85,7 @@ def _parse_row(line: str, where: str) -> Utterance:
     if not isinstance(obj["path"], str) or not obj["path"]:
         raise ManifestError(f"{where}: 'path' must be a non-empty string")
     duration = obj["duration"]
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration < math.inf:
         raise ManifestError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}")
     for key in ("text", "speaker"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
@@ -86,31 +94,59 @@ def _parse_row(line: str, where: str) -> Utterance:
 
 
 def write_manifest(rows: list[Utterance], path: str | Path) -> None:
-    """Write atomically; paths under the manifest's folder are stored relative to it."""
+    """Write atomically; paths under the manifest's folder are stored relative to it.
+
+    Rows are checked first, so a manifest that was written can always be read back.
+    """
     path = Path(path)
+    _check_unique(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     lines = []
     for row in rows:
+        if not 0 < row.duration < math.inf:
+            raise ManifestError(f"{row.id}: duration must be a positive number of seconds, got {row.duration!r}")
         obj = {k: v for k, v in asdict(row).items() if v is not None}
         audio = Path(row.path).resolve()
         if audio.is_relative_to(base):
-            obj["path"] = str(audio.relative_to(base))
-        obj["duration"] = round(row.duration, 4)
+            obj["path"] = audio.relative_to(base).as_posix()
+        obj["duration"] = round(row.duration, 4) or row.duration  # never round a tiny clip to 0
         lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a manifest is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_unique(rows: list[Utterance]) -> None:
+    seen: dict[str, str] = {}
+    for row in rows:
+        if row.id in seen:
+            raise ManifestError(f"duplicate id {row.id!r}: {seen[row.id]} and {row.path}")
+        seen[row.id] = row.path
 
 
 # --------------------------------------------------------------------------- importers
 
 
 def _duration(path: Path) -> float:
-    from speechssl.audio import audio_duration
+    from speechssl.audio import audio_duration  # here, so reading a manifest needs no audio stack
 
-    return audio_duration(path)
+    seconds = audio_duration(path)
+    if not seconds > 0:
+        raise ManifestError(f"{path}: the audio holds no samples")
+    return seconds
 
 
 def from_folder(root: str | Path) -> list[Utterance]:
@@ -134,6 +170,7 @@ def from_folder(root: str | Path) -> list[Utterance]:
         rows.append(Utterance(str(relative.with_suffix("")).replace(os.sep, "/"), str(path), _duration(path), text, speaker))
     if not rows:
         raise ManifestError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
+    _check_unique(rows)  # a.wav beside a.flac
     return rows
 
 
@@ -153,6 +190,7 @@ def from_librispeech(root: str | Path) -> list[Utterance]:
             if not audio.is_file():
                 raise ManifestError(f"{trans}:{number}: audio {audio.name} not found")
             rows.append(Utterance(utt_id, str(audio), _duration(audio), normalize_text(text), utt_id.split("-")[0]))
+    _check_unique(rows)
     return rows
 
 
@@ -162,27 +200,41 @@ def from_csv(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise ManifestError(f"CSV not found: {path}")
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: spreadsheets often start a CSV with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
+        if reader.fieldnames:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise ManifestError(f"{path}: the header must name a 'path' column")
-        for number, record in enumerate(reader, start=2):
-            audio = Path(record["path"] or "")
-            if not audio.is_absolute():
-                audio = path.parent / audio
-            if not audio.is_file():
-                raise ManifestError(f"{path}:{number}: audio file not found: {audio}")
-            try:
-                duration = float(record["duration"]) if record.get("duration") else _duration(audio)
-            except ValueError:
-                raise ManifestError(f"{path}:{number}: duration {record['duration']!r} is not a number") from None
-            text = record.get("text")
-            rows.append(Utterance(record.get("id") or audio.stem, str(audio), duration,
-                                  normalize_text(text) if text else None, record.get("speaker") or None))
+        for record in reader:
+            rows.append(_csv_row(record, path, reader.line_num))
+    _check_unique(rows)
     return rows
 
 
+def _csv_row(record: dict, csv_path: Path, number: int) -> Utterance:
+    audio = Path((record.get("path") or "").strip())
+    if not audio.is_absolute():
+        audio = csv_path.parent / audio
+    if not audio.is_file():
+        raise ManifestError(f"{csv_path}:{number}: audio file not found: {audio}")
+    if record.get("duration"):
+        try:
+            duration = float(record["duration"])
+        except ValueError:
+            raise ManifestError(f"{csv_path}:{number}: duration {record['duration']!r} is not a number") from None
+        if not 0 < duration < math.inf:
+            raise ManifestError(f"{csv_path}:{number}: duration must be positive, got {record['duration']!r}")
+    else:
+        duration = _duration(audio)
+    text = record.get("text")
+    return Utterance(record.get("id") or audio.stem, str(audio), duration,
+                     normalize_text(text) if text else None, record.get("speaker") or None)
+
+
 def build_manifest(src: str | Path, fmt: str) -> list[Utterance]:
+    """Rows from ``src`` in the layout ``fmt`` names: folder, librispeech or csv."""
     if fmt == "folder":
         return from_folder(src)
     if fmt == "librispeech":

@@ -41,7 +41,7 @@ class PretrainLoss:
     loss: Tensor  # contrastive + weighted diversity + weighted feature penalty, per masked frame
     contrastive: Tensor  # mean cross-entropy over masked frames
     diversity: Tensor  # (G*V - perplexity) / (G*V)
-    feature_penalty: Tensor  # mean squared conv feature
+    feature_penalty: Tensor  # mean squared conv feature over valid frames
     accuracy: Tensor  # fraction of masked frames whose positive scores highest
     perplexity: Tensor
     num_masked: int
@@ -165,7 +165,8 @@ class Wav2Vec2ForPretraining(nn.Module):
         contrastive = F.cross_entropy(logits.float(), torch.zeros(num_masked, dtype=torch.long, device=logits.device))
         num_entries = self.quantizer.num_groups * self.quantizer.num_vars
         diversity = (num_entries - quantized.perplexity) / num_entries
-        feature_penalty = out.raw_features.float().pow(2).mean()
+        # Over valid frames only: padding frames are near zero and would dilute it by the padding ratio.
+        feature_penalty = out.raw_features.float().pow(2)[out.valid].mean()
         loss = contrastive + diversity_weight * diversity + feature_penalty_weight * feature_penalty
         accuracy = (logits.argmax(-1) == 0).float().mean() if num_masked else logits.new_zeros(())
         return PretrainLoss(loss, contrastive, diversity, feature_penalty, accuracy.detach(), quantized.perplexity.detach(), num_masked)

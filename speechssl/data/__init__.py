@@ -1,0 +1,1 @@
+"""Data: manifests and their importers, the synthetic corpus, datasets and batch samplers."""

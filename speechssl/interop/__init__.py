@@ -1,0 +1,1 @@
+"""Interop with the checkpoint formats of other toolkits."""

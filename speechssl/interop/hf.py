@@ -1,0 +1,359 @@
+"""HuggingFace transformers interop: ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` /
+``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints.
+
+Our parameter names are transformers' own, so the mapping is a few renames:
+
+    speechssl                                    transformers
+    wav2vec2.<encoder>                           wav2vec2.<encoder> (no prefix in a bare Wav2Vec2Model)
+    ...pos_conv_embed.conv.weight_g (1, 1, K)    ...pos_conv_embed.conv.parametrizations.weight.original0
+    ...pos_conv_embed.conv.weight_v              ...pos_conv_embed.conv.parametrizations.weight.original1
+    quantizer.*, project_hid.*, project_q.*      the same
+    ctc_head.proj.*                              lm_head.*
+
+Both use weight norm over the kernel axis (transformers' ``dim=2``: one g per tap).
+transformers 5 writes the ``parametrizations`` names; older files hold ``weight_g`` /
+``weight_v``, which are read as well.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from speechssl.config import ConfigError, ModelConfig
+from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model
+
+SAMPLE_RATE = 16000
+Layout = Literal["auto", "model", "pretraining", "ctc"]
+
+# (speechssl, transformers): key substrings, renamed the same way in both directions.
+_RENAMES = (
+    ("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0"),
+    ("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1"),
+    ("ctc_head.proj.", "lm_head."),
+)
+_PRETRAIN_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
+_ENCODER_PARTS = ("feature_extractor.", "feature_projection.", "encoder.", "masked_spec_embed")
+_CTC_KEYS = ("ctc_head.proj.weight", "ctc_head.proj.bias")
+
+
+class HfInteropError(ValueError):
+    """A transformers folder or config that speechssl cannot convert; the message says why."""
+
+
+def rename_key(key: str, to_hf: bool) -> str:
+    """One parameter name, speechssl -> transformers (``to_hf``) or back."""
+    for ours, theirs in _RENAMES:
+        src, dst = (ours, theirs) if to_hf else (theirs, ours)
+        if src in key:
+            return key.replace(src, dst, 1)
+    return key
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def hf_config_from_model_config(cfg: ModelConfig, **extra):
+    """Our ModelConfig -> ``transformers.Wav2Vec2Config``; ``extra`` sets other fields (vocab_size ...)."""
+    from transformers import Wav2Vec2Config
+
+    return Wav2Vec2Config(
+        conv_dim=list(cfg.conv_dims),
+        conv_kernel=list(cfg.conv_kernels),
+        conv_stride=list(cfg.conv_strides),
+        feat_extract_norm=cfg.conv_norm,
+        feat_extract_activation="gelu",
+        conv_bias=cfg.conv_bias,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.ffn_dim,
+        hidden_act="gelu",
+        do_stable_layer_norm=cfg.layer_norm_first,
+        num_conv_pos_embeddings=cfg.pos_conv_kernel,
+        num_conv_pos_embedding_groups=cfg.pos_conv_groups,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        feat_proj_dropout=cfg.feature_dropout,
+        layerdrop=cfg.layer_drop,
+        apply_spec_augment=True,
+        mask_time_prob=cfg.mask_prob,
+        mask_time_length=cfg.mask_length,
+        mask_time_min_masks=cfg.min_masks,
+        mask_feature_prob=cfg.mask_channel_prob,
+        mask_feature_length=cfg.mask_channel_length,
+        num_codevector_groups=cfg.num_codevector_groups,
+        num_codevectors_per_group=cfg.num_codevectors,
+        codevector_dim=cfg.codevector_dim,
+        proj_codevector_dim=cfg.proj_codevector_dim,
+        **extra,
+    )
+
+
+def _check_supported(hf_cfg) -> None:
+    def unsupported(what: str) -> HfInteropError:
+        return HfInteropError(f"unsupported transformers config: {what}")
+
+    model_type = getattr(hf_cfg, "model_type", "wav2vec2")
+    if model_type != "wav2vec2":
+        raise unsupported(f"model_type={model_type!r} (only 'wav2vec2' has our layout)")
+    for name in ("feat_extract_activation", "hidden_act"):
+        if getattr(hf_cfg, name) != "gelu":
+            raise unsupported(f"{name}={getattr(hf_cfg, name)!r} (speechssl uses exact 'gelu' only)")
+    if hf_cfg.feat_extract_norm not in ("group", "layer"):
+        raise unsupported(f"feat_extract_norm={hf_cfg.feat_extract_norm!r} (use 'group' or 'layer')")
+    if getattr(hf_cfg, "add_adapter", False):
+        raise unsupported("add_adapter=True (the output adapter after the encoder is not implemented)")
+    if getattr(hf_cfg, "adapter_attn_dim", None) is not None:
+        raise unsupported("adapter_attn_dim is set (per-layer attention adapters, as in MMS, are not implemented)")
+    if len(hf_cfg.conv_dim) != hf_cfg.num_feat_extract_layers:
+        raise unsupported(
+            f"num_feat_extract_layers={hf_cfg.num_feat_extract_layers} but conv_dim has {len(hf_cfg.conv_dim)} entries"
+        )
+
+
+def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfig:
+    """``transformers.Wav2Vec2Config`` -> our ModelConfig; unsupported settings raise HfInteropError.
+
+    Training-only settings we have no field for (``final_dropout``,
+    ``feat_quantizer_dropout``, loss weights) are dropped: they change no weight
+    and no inference output. ``apply_spec_augment=False`` becomes masking off.
+    """
+    _check_supported(hf_cfg)
+    spec_augment = getattr(hf_cfg, "apply_spec_augment", True)
+    cfg = ModelConfig(
+        conv_dims=list(hf_cfg.conv_dim),
+        conv_kernels=list(hf_cfg.conv_kernel),
+        conv_strides=list(hf_cfg.conv_stride),
+        conv_norm=hf_cfg.feat_extract_norm,
+        conv_bias=bool(hf_cfg.conv_bias),
+        hidden_size=hf_cfg.hidden_size,
+        num_layers=hf_cfg.num_hidden_layers,
+        num_heads=hf_cfg.num_attention_heads,
+        ffn_dim=hf_cfg.intermediate_size,
+        layer_norm_first=bool(hf_cfg.do_stable_layer_norm),
+        pos_conv_kernel=hf_cfg.num_conv_pos_embeddings,
+        pos_conv_groups=hf_cfg.num_conv_pos_embedding_groups,
+        layer_norm_eps=float(hf_cfg.layer_norm_eps),
+        dropout=float(hf_cfg.hidden_dropout),
+        attention_dropout=float(hf_cfg.attention_dropout),
+        activation_dropout=float(hf_cfg.activation_dropout),
+        feature_dropout=float(hf_cfg.feat_proj_dropout),
+        layer_drop=float(hf_cfg.layerdrop),
+        mask_prob=float(hf_cfg.mask_time_prob) if spec_augment else 0.0,
+        mask_length=hf_cfg.mask_time_length,
+        min_masks=hf_cfg.mask_time_min_masks,
+        mask_channel_prob=float(hf_cfg.mask_feature_prob) if spec_augment else 0.0,
+        mask_channel_length=hf_cfg.mask_feature_length,
+        num_codevector_groups=hf_cfg.num_codevector_groups,
+        num_codevectors=hf_cfg.num_codevectors_per_group,
+        codevector_dim=hf_cfg.codevector_dim,
+        proj_codevector_dim=hf_cfg.proj_codevector_dim,
+        normalize_waveform=normalize_waveform,
+    )
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise HfInteropError(f"transformers config gives an invalid speechssl config: {exc}") from None
+    return cfg
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, pytorch_model.bin, or their sharded ``*.index.json`` forms."""
+    from safetensors.torch import load_file
+
+    def read(path: Path) -> dict[str, torch.Tensor]:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (hf_dir / name).is_file():
+            return read(hf_dir / name)
+        index = hf_dir / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in read(hf_dir / shard).items()}
+    raise HfInteropError(f"{hf_dir}: no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def _read_vocab(hf_dir: Path, size: int) -> list[str] | None:
+    """vocab.json (+ added_tokens.json) -> tokens ordered by id; None without a vocab.json."""
+    path = hf_dir / "vocab.json"
+    if not path.is_file():
+        return None
+    token_ids = json.loads(path.read_text())
+    if token_ids and all(isinstance(v, dict) for v in token_ids.values()):
+        raise HfInteropError(f"{path}: a multi-language vocabulary (one per adapter) is not supported")
+    added = hf_dir / "added_tokens.json"
+    if added.is_file():
+        token_ids.update(json.loads(added.read_text()))
+    tokens = [f"<unused{i}>" for i in range(size)]  # ids the files leave out (never trained)
+    for token, i in token_ids.items():
+        if not 0 <= int(i) < size:
+            raise HfInteropError(f"{path}: token {token!r} has id {i}, but lm_head has {size} outputs")
+        tokens[int(i)] = token
+    return tokens
+
+
+def _expected_shapes(cfg: ModelConfig, pretraining: bool) -> dict[str, torch.Size]:
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = Wav2Vec2ForPretraining(cfg) if pretraining else Wav2Vec2Model(cfg)
+    prefix = "" if pretraining else "wav2vec2."
+    return {prefix + k: v.shape for k, v in model.state_dict().items()}
+
+
+def _some(keys: list[str], shown: int = 5) -> str:
+    """'a, b, c (and 7 more)' in transformers' names."""
+    text = ", ".join(rename_key(k, to_hf=True) for k in keys[:shown])
+    return text + (f" (and {len(keys) - shown} more)" if len(keys) > shown else "")
+
+
+def _check_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, hf_dir: Path) -> None:
+    """Every encoder weight present with the config's shape; heads complete or absent; nothing unknown."""
+    pretraining = any(k.startswith(_PRETRAIN_PREFIXES) for k in state)
+    expected = _expected_shapes(cfg, pretraining)
+    if any(k in state for k in _CTC_KEYS):  # lm_head: (vocabulary size, hidden size)
+        rows = next(state[k].shape[0] for k in _CTC_KEYS if k in state)
+        expected["ctc_head.proj.weight"] = torch.Size([rows, cfg.hidden_size])
+        expected["ctc_head.proj.bias"] = torch.Size([rows])
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise HfInteropError(f"{hf_dir}: weights speechssl has no place for: {_some(unknown)}")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise HfInteropError(f"{hf_dir}: missing weights {_some(missing)}")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise HfInteropError(f"{hf_dir}: weight {rename_key(key, True)} has shape {tuple(state[key].shape)}, "
+                                 f"config.json implies {tuple(shape)}")
+
+
+def import_hf(hf_dir: str | Path, out_path: str | Path) -> Checkpoint:
+    """Convert a transformers Wav2Vec2 folder into one speechssl checkpoint at ``out_path``."""
+    from transformers import Wav2Vec2Config
+
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise HfInteropError(f"{hf_dir}: no config.json; expected a transformers Wav2Vec2 folder")
+    hf_cfg = Wav2Vec2Config.from_pretrained(str(hf_dir))
+    # transformers' feature extractor normalises by default when a folder has no preprocessor config.
+    preprocessor = hf_dir / "preprocessor_config.json"
+    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
+    cfg = model_config_from_hf(hf_cfg, normalize_waveform=bool(normalize))
+
+    state = {}
+    for key, tensor in _read_hf_weights(hf_dir).items():
+        if key.startswith(_ENCODER_PARTS):
+            key = "wav2vec2." + key  # a bare Wav2Vec2Model has no prefix
+        state[rename_key(key, to_hf=False)] = tensor
+    if "wav2vec2.masked_spec_embed" not in state:
+        # transformers leaves it out when masking is off; any value will do until masking is on.
+        generator = torch.Generator().manual_seed(0)
+        state["wav2vec2.masked_spec_embed"] = torch.rand(cfg.hidden_size, generator=generator)
+    _check_weights(state, cfg, hf_dir)
+
+    metadata: dict = {"source": {"format": "transformers", "path": str(hf_dir),
+                                 "architectures": list(hf_cfg.architectures or [])}}
+    if "ctc_head.proj.weight" in state:
+        vocab = _read_vocab(hf_dir, state["ctc_head.proj.weight"].shape[0])
+        if vocab is not None:
+            metadata["vocab"] = vocab
+        metadata["blank_id"] = int(hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0)
+    checkpoint = Checkpoint(state, cfg, metadata)
+    save_checkpoint(out_path, checkpoint)
+    return checkpoint
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _pick_layout(state: dict[str, torch.Tensor], layout: Layout) -> str:
+    has_ctc = all(k in state for k in _CTC_KEYS)
+    has_quantizer = any(k.startswith(_PRETRAIN_PREFIXES) for k in state)
+    if layout == "auto":
+        return "ctc" if has_ctc else "pretraining" if has_quantizer else "model"
+    if layout == "ctc" and not has_ctc:
+        raise HfInteropError("layout 'ctc' needs a checkpoint with a CTC head (ctc_head.proj.*)")
+    if layout == "pretraining" and not has_quantizer:
+        raise HfInteropError("layout 'pretraining' needs a checkpoint with quantizer.* and project_* weights")
+    if layout not in ("model", "pretraining", "ctc"):
+        raise HfInteropError(f"unknown layout {layout!r}; choose auto, model, pretraining or ctc")
+    return layout
+
+
+def hf_state_dict(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Our weights -> the state dict of transformers' class for ``layout``; other heads are left out."""
+    keep = ("wav2vec2.",) + (_PRETRAIN_PREFIXES if layout == "pretraining" else ()) + (
+        ("ctc_head.proj.",) if layout == "ctc" else ())
+    dropped = sorted({k.split(".")[0] for k in state if not k.startswith(keep)})
+    if dropped:
+        warnings.warn(f"not exported (no place in transformers' {layout} layout): {', '.join(dropped)}", stacklevel=3)
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(keep):
+            key = rename_key(key, to_hf=True)
+            out[key.removeprefix("wav2vec2.") if layout == "model" else key] = tensor
+    return out
+
+
+def _blank_id(metadata: dict, vocab: list[str] | None) -> int:
+    if "blank_id" in metadata:
+        return int(metadata["blank_id"])
+    return vocab.index("<pad>") if vocab and "<pad>" in vocab else 0
+
+
+def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto") -> Path:
+    """Write ``out_dir`` with config.json, model.safetensors, preprocessor_config.json
+    (and vocab.json for CTC) that transformers' ``from_pretrained`` loads.
+
+    layout: ``model`` (Wav2Vec2Model), ``pretraining`` (Wav2Vec2ForPreTraining),
+    ``ctc`` (Wav2Vec2ForCTC), or ``auto``: CTC if the checkpoint has a CTC head,
+    else pretraining if it has a quantizer, else the bare encoder.
+    """
+    import transformers
+
+    checkpoint = load_checkpoint(ckpt_path)
+    cfg, metadata = checkpoint.model_config, checkpoint.metadata
+    layout = _pick_layout(checkpoint.state_dict, layout)
+    extra = {}
+    vocab = metadata.get("vocab")
+    if layout == "ctc":
+        num_outputs = checkpoint.state_dict["ctc_head.proj.weight"].shape[0]
+        if vocab is not None and len(vocab) != num_outputs:
+            raise HfInteropError(f"{ckpt_path}: vocabulary has {len(vocab)} tokens, the CTC head {num_outputs} outputs")
+        extra = {"vocab_size": num_outputs, "pad_token_id": _blank_id(metadata, vocab)}
+    model_class = {"model": transformers.Wav2Vec2Model, "pretraining": transformers.Wav2Vec2ForPreTraining,
+                   "ctc": transformers.Wav2Vec2ForCTC}[layout]
+    model = model_class(hf_config_from_model_config(cfg, **extra))
+
+    state = hf_state_dict(checkpoint.state_dict, layout)
+    hf_keys = set(model.state_dict())
+    # transformers builds no masked_spec_embed when masking is off in the config.
+    state = {k: v for k, v in state.items() if k in hf_keys or not k.endswith("masked_spec_embed")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise HfInteropError(f"{ckpt_path}: weights do not fit transformers' {model_class.__name__}: {exc}") from None
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=cfg.normalize_waveform,
+        # transformers' convention: pass an attention mask to layer-norm models only.
+        return_attention_mask=cfg.conv_norm == "layer",
+    ).save_pretrained(str(out_dir))
+    if layout == "ctc" and vocab is not None:
+        token_ids = {token: i for i, token in enumerate(vocab)}
+        (out_dir / "vocab.json").write_text(json.dumps(token_ids, ensure_ascii=False, indent=1))
+    return out_dir
