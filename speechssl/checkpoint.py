@@ -45,6 +45,9 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint is ordinary data
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
