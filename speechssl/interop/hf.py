@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speechssl.config import ConfigError, ModelConfig
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model
 
@@ -42,7 +42,7 @@ _ENCODER_PARTS = ("feature_extractor.", "feature_projection.", "encoder.", "mask
 _CTC_KEYS = ("ctc_head.proj.weight", "ctc_head.proj.bias")
 
 
-class HfInteropError(ValueError):
+class HfInteropError(CheckpointError):
     """A transformers folder or config that speechssl cannot convert; the message says why."""
 
 
