@@ -29,3 +29,19 @@ def fsdd_manifest(tmp_path_factory) -> Path:
                      "text": digit, "speaker": speaker})
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised `tiny` pretraining checkpoint (seeded), for API and server tests."""
+    import torch
+
+    from speechssl.checkpoint import Checkpoint, save_checkpoint
+    from speechssl.config import tiny
+    from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
+
+    torch.manual_seed(0)
+    module = Wav2Vec2ForPretraining(tiny())
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, Checkpoint(module.state_dict(), module.config, {"kind": "pretrain"}))
+    return path

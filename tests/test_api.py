@@ -11,12 +11,8 @@ from tests.conftest import require_fsdd
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    module = Wav2Vec2ForPretraining(tiny())
-    path = tmp_path_factory.mktemp("api") / "tiny.safetensors"
-    save_checkpoint(path, Checkpoint(module.state_dict(), module.config, {"kind": "pretrain"}))
-    return path
+def model_path(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_embed_path_bytes_and_array_agree(model_path):

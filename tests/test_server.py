@@ -57,12 +57,8 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    module = Wav2Vec2ForPretraining(tiny())
-    path = tmp_path_factory.mktemp("srv") / "tiny.safetensors"
-    save_checkpoint(path, Checkpoint(module.state_dict(), module.config, {"kind": "pretrain"}))
-    return str(path)
+def checkpoint(tiny_checkpoint):
+    return str(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
