@@ -26,8 +26,9 @@ apt:
 test: apt $(STAMP)
 	$(PY) -m pytest -q
 
+# pytest exits 5 when nothing is marked slow; for this stage that is not a failure.
 test-slow: apt $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || { rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc; }
 
 serve: $(STAMP)
 	@if $(VENV)/bin/speechssl serve --help >/dev/null 2>&1; then $(VENV)/bin/speechssl serve; \
