@@ -81,7 +81,7 @@ class Batcher:
 
     async def gather(self) -> list[Job]:
         first = await self.next_job(None)
-        batch, seconds = [first], first.seconds
+        batch, longest = [first], first.seconds
         deadline = time.monotonic() + self.max_wait
         skipped: list[Job] = []
         while len(batch) < self.max_batch_items:
@@ -90,14 +90,14 @@ class Batcher:
                 await self.next_job(remaining) if remaining > 0 else None)
             if job is None:
                 break
-            longest = max(seconds / len(batch), job.seconds)
-            if job.op != first.op or longest * (len(batch) + 1) > self.max_batch_seconds:
+            padded = max(longest, job.seconds) * (len(batch) + 1)  # padded seconds with this job in
+            if job.op != first.op or padded > self.max_batch_seconds:
                 skipped.append(job)
                 if job.op == first.op:
                     break  # the batch is full; this one starts the next
                 continue
             batch.append(job)
-            seconds = max(seconds / (len(batch) - 1), job.seconds) * len(batch)
+            longest = max(longest, job.seconds)
         self.pending = skipped + self.pending
         return batch
 

@@ -14,6 +14,7 @@ import torch
 
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
+from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import resolve_device
 
@@ -67,7 +68,9 @@ class SpeechModel:
     def encode(self, waves: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
         """Frame features (T_i, dim) of one layer for each waveform, batched by length."""
         results: list[np.ndarray | None] = [None] * len(waves)
-        for batch in length_batches([len(w) for w in waves], self.max_batch_seconds * SAMPLE_RATE):
+        # The training sampler, unshuffled: length-sorted batches bounded by padded seconds.
+        sampler = SecondsBatchSampler([len(w) / SAMPLE_RATE for w in waves], self.max_batch_seconds, shuffle=False)
+        for batch in sampler:
             longest = max(len(waves[i]) for i in batch)
             padded = torch.zeros(len(batch), longest)
             for row, i in enumerate(batch):
@@ -78,20 +81,6 @@ class SpeechModel:
             for row, i in enumerate(batch):
                 results[i] = hidden[row, : int(out.lengths[row])].numpy()
         return results  # type: ignore[return-value]
-
-
-def length_batches(lengths: list[int], max_samples: float) -> list[list[int]]:
-    """Indices sorted by length, cut into batches whose padded size stays under ``max_samples``."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
-    for i in order:
-        if current and lengths[i] * (len(current) + 1) > max_samples:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def load(path: str | Path | None = None, device: str = "auto") -> SpeechModel:
