@@ -58,43 +58,30 @@ def rename_key(key: str, to_hf: bool) -> str:
 # --------------------------------------------------------------------------- configs
 
 
+# (our ModelConfig field, transformers Wav2Vec2Config field): the one table both directions read.
+CONFIG_FIELDS = (
+    ("conv_dims", "conv_dim"), ("conv_kernels", "conv_kernel"), ("conv_strides", "conv_stride"),
+    ("conv_norm", "feat_extract_norm"), ("conv_bias", "conv_bias"), ("hidden_size", "hidden_size"),
+    ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"), ("ffn_dim", "intermediate_size"),
+    ("layer_norm_first", "do_stable_layer_norm"), ("pos_conv_kernel", "num_conv_pos_embeddings"),
+    ("pos_conv_groups", "num_conv_pos_embedding_groups"), ("layer_norm_eps", "layer_norm_eps"),
+    ("dropout", "hidden_dropout"), ("attention_dropout", "attention_dropout"),
+    ("activation_dropout", "activation_dropout"), ("feature_dropout", "feat_proj_dropout"),
+    ("layer_drop", "layerdrop"), ("mask_prob", "mask_time_prob"), ("mask_length", "mask_time_length"),
+    ("min_masks", "mask_time_min_masks"), ("mask_channel_prob", "mask_feature_prob"),
+    ("mask_channel_length", "mask_feature_length"), ("num_codevector_groups", "num_codevector_groups"),
+    ("num_codevectors", "num_codevectors_per_group"), ("codevector_dim", "codevector_dim"),
+    ("proj_codevector_dim", "proj_codevector_dim"),
+)
+LIST_FIELDS = {"conv_dims", "conv_kernels", "conv_strides"}
+
+
 def hf_config_from_model_config(cfg: ModelConfig, **extra):
     """Our ModelConfig -> ``transformers.Wav2Vec2Config``; ``extra`` sets other fields (vocab_size ...)."""
     from transformers import Wav2Vec2Config
 
-    return Wav2Vec2Config(
-        conv_dim=list(cfg.conv_dims),
-        conv_kernel=list(cfg.conv_kernels),
-        conv_stride=list(cfg.conv_strides),
-        feat_extract_norm=cfg.conv_norm,
-        feat_extract_activation="gelu",
-        conv_bias=cfg.conv_bias,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.ffn_dim,
-        hidden_act="gelu",
-        do_stable_layer_norm=cfg.layer_norm_first,
-        num_conv_pos_embeddings=cfg.pos_conv_kernel,
-        num_conv_pos_embedding_groups=cfg.pos_conv_groups,
-        layer_norm_eps=cfg.layer_norm_eps,
-        hidden_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.activation_dropout,
-        feat_proj_dropout=cfg.feature_dropout,
-        layerdrop=cfg.layer_drop,
-        apply_spec_augment=True,
-        mask_time_prob=cfg.mask_prob,
-        mask_time_length=cfg.mask_length,
-        mask_time_min_masks=cfg.min_masks,
-        mask_feature_prob=cfg.mask_channel_prob,
-        mask_feature_length=cfg.mask_channel_length,
-        num_codevector_groups=cfg.num_codevector_groups,
-        num_codevectors_per_group=cfg.num_codevectors,
-        codevector_dim=cfg.codevector_dim,
-        proj_codevector_dim=cfg.proj_codevector_dim,
-        **extra,
-    )
+    fields = {hf: getattr(cfg, ours) for ours, hf in CONFIG_FIELDS}
+    return Wav2Vec2Config(**fields, feat_extract_activation="gelu", hidden_act="gelu", apply_spec_augment=True, **extra)
 
 
 def _check_supported(hf_cfg) -> None:
@@ -127,37 +114,11 @@ def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfi
     and no inference output. ``apply_spec_augment=False`` becomes masking off.
     """
     _check_supported(hf_cfg)
-    spec_augment = getattr(hf_cfg, "apply_spec_augment", True)
-    cfg = ModelConfig(
-        conv_dims=list(hf_cfg.conv_dim),
-        conv_kernels=list(hf_cfg.conv_kernel),
-        conv_strides=list(hf_cfg.conv_stride),
-        conv_norm=hf_cfg.feat_extract_norm,
-        conv_bias=bool(hf_cfg.conv_bias),
-        hidden_size=hf_cfg.hidden_size,
-        num_layers=hf_cfg.num_hidden_layers,
-        num_heads=hf_cfg.num_attention_heads,
-        ffn_dim=hf_cfg.intermediate_size,
-        layer_norm_first=bool(hf_cfg.do_stable_layer_norm),
-        pos_conv_kernel=hf_cfg.num_conv_pos_embeddings,
-        pos_conv_groups=hf_cfg.num_conv_pos_embedding_groups,
-        layer_norm_eps=float(hf_cfg.layer_norm_eps),
-        dropout=float(hf_cfg.hidden_dropout),
-        attention_dropout=float(hf_cfg.attention_dropout),
-        activation_dropout=float(hf_cfg.activation_dropout),
-        feature_dropout=float(hf_cfg.feat_proj_dropout),
-        layer_drop=float(hf_cfg.layerdrop),
-        mask_prob=float(hf_cfg.mask_time_prob) if spec_augment else 0.0,
-        mask_length=hf_cfg.mask_time_length,
-        min_masks=hf_cfg.mask_time_min_masks,
-        mask_channel_prob=float(hf_cfg.mask_feature_prob) if spec_augment else 0.0,
-        mask_channel_length=hf_cfg.mask_feature_length,
-        num_codevector_groups=hf_cfg.num_codevector_groups,
-        num_codevectors=hf_cfg.num_codevectors_per_group,
-        codevector_dim=hf_cfg.codevector_dim,
-        proj_codevector_dim=hf_cfg.proj_codevector_dim,
-        normalize_waveform=normalize_waveform,
-    )
+    fields = {ours: getattr(hf_cfg, hf) for ours, hf in CONFIG_FIELDS}
+    fields.update({name: list(fields[name]) for name in LIST_FIELDS})
+    if not getattr(hf_cfg, "apply_spec_augment", True):
+        fields.update(mask_prob=0.0, mask_channel_prob=0.0)
+    cfg = ModelConfig(**fields, normalize_waveform=normalize_waveform)
     try:
         cfg.validate()
     except ConfigError as exc:
