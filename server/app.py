@@ -15,8 +15,9 @@ from fastapi.responses import Response
 from server import errors
 from server.batcher import Batcher
 from server.metrics import Metrics
-from server.routes import embeddings, health
+from server.routes import embeddings, health, speakers, transcriptions
 from server.settings import Settings
+from speechssl.audio import SAMPLE_RATE
 
 log = logging.getLogger("speechssl.server")
 
@@ -28,9 +29,23 @@ def run_batch(model):
         kind, *args = op
         if kind == "embed":
             return model.encode(waves, layer=args[0])
+        if kind == "transcribe":
+            return model.transcribe(waves, sample_rate=SAMPLE_RATE)
+        if kind == "speaker":
+            return model.speaker_vector(waves, sample_rate=SAMPLE_RATE)
         raise ValueError(f"unknown operation {kind!r}")
 
     return run
+
+
+def warm_up(model) -> None:
+    """The first forward pass allocates and picks kernels: run each head once before reporting ready."""
+    silence = [np.zeros(SAMPLE_RATE, np.float32)]
+    model.encode(silence)
+    if "ctc" in model.heads:
+        model.transcribe(silence, sample_rate=SAMPLE_RATE)
+    if "speaker" in model.heads:
+        model.speaker_vector(silence, sample_rate=SAMPLE_RATE)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,8 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.threads)
         model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device)
         model.max_batch_seconds = settings.max_batch_seconds
-        # Warm-up: the first forward pass allocates and picks kernels; do it before reporting ready.
-        await asyncio.to_thread(model.encode, [np.zeros(16000, np.float32)])
+        await asyncio.to_thread(warm_up, model)
         app.state.model = model
         app.state.batcher = Batcher(
             run_batch(model), max_batch_seconds=settings.max_batch_seconds, max_batch_items=settings.max_batch_items,
@@ -60,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.batcher.drain()
 
     app = FastAPI(title="speechssl", version="0.1.0", lifespan=lifespan,
-                  description="Self-supervised speech representations: embeddings over HTTP.")
+                  description="Self-supervised speech representations over HTTP: embeddings, "
+                  "transcription (OpenAI-compatible) and speaker verification.")
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ready = False
@@ -89,9 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(embeddings.router)
+    app.include_router(transcriptions.router)
+    app.include_router(speakers.router)
     return app
 
 
+UPLOADS = {"/v1/speakers/verify": 2}  # audio files per request, where more than one
 OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
@@ -102,7 +120,8 @@ def check_request(request: Request, settings: Settings) -> Response | None:
             return errors.error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                          "authentication_error", "invalid_api_key")
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+    limit = settings.max_upload_bytes * UPLOADS.get(request.url.path, 1) + 64 * 1024  # + multipart overhead
+    if length and length.isdigit() and int(length) > limit:
         return errors.error_response(413, f"upload of {int(length)} bytes exceeds the limit of "
                                      f"{settings.max_upload_bytes} bytes", "invalid_request_error", "upload_too_large")
     return None

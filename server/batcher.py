@@ -111,17 +111,35 @@ class Batcher:
             started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, live[0].op, [j.wave for j in live])
-            except Exception as exc:  # the batch fails, the worker lives on
+            except Exception as exc:  # the worker lives on
                 log.exception("batch of %d failed", len(live))
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                if len(live) == 1:
+                    self.fail(live[0], exc)
+                else:  # run the jobs alone, so that one bad item fails only its own request
+                    await self.run_alone(live)
                 continue
             for job, result in zip(live, results):
                 if not job.future.done():
                     job.future.set_result(result)
             if self.on_batch:
                 self.on_batch(len(live), sum(j.seconds for j in live), time.monotonic() - started)
+
+    async def run_alone(self, jobs: list[Job]) -> None:
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            try:
+                [result] = await loop.run_in_executor(self.executor, self.run_batch, job.op, [job.wave])
+            except Exception as exc:
+                log.exception("a job of %.1f s failed alone too", job.seconds)
+                self.fail(job, exc)
+                continue
+            if not job.future.done():
+                job.future.set_result(result)
+
+    @staticmethod
+    def fail(job: Job, exc: BaseException) -> None:
+        if not job.future.done():
+            job.future.set_exception(exc)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: let queued requests finish, then stop the worker."""

@@ -10,6 +10,7 @@ from fastapi import Request, UploadFile
 
 from server.batcher import QueueFull
 from server.errors import ApiError, audio_error
+from speechssl.api import HeadMissingError
 from speechssl.audio import AudioError, load_audio
 
 
@@ -29,3 +30,13 @@ async def submit(request: Request, op: Hashable, wave: np.ndarray):
         return await request.app.state.batcher.submit(op, wave)
     except QueueFull:
         raise ApiError(503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "1"}) from None
+
+
+def require_head(request: Request, head: str):
+    """The model, when its checkpoint holds ``head`` ("ctc", "speaker"); else a 400 naming the heads it has."""
+    model = request.app.state.model
+    try:
+        model.require(head)
+    except HeadMissingError as exc:
+        raise ApiError(400, str(exc), code="head_missing") from None
+    return model

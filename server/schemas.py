@@ -38,3 +38,40 @@ class EmbeddingList(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class Transcription(BaseModel):
+    text: str
+
+
+class TranscriptionWord(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class TranscriptionSegment(BaseModel):
+    id: int
+    start: float
+    end: float
+    text: str
+
+
+class TranscriptionVerbose(BaseModel):
+    task: str = "transcribe"
+    language: str = "english"
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    words: list[TranscriptionWord] | None = None  # only when word timestamps were asked for, as OpenAI does
+
+
+class SpeakerEmbedding(BaseModel):
+    embedding: list[float]
+    dim: int
+
+
+class SpeakerVerification(BaseModel):
+    score: float  # cosine similarity of the two speaker vectors
+    threshold: float
+    same_speaker: bool

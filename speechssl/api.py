@@ -15,25 +15,40 @@ import torch
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
 from speechssl.data.sampler import SecondsBatchSampler
+from speechssl.decode.align import word_timestamps
+from speechssl.decode.chunks import windows
+from speechssl.decode.ctc import BeamDecoder, greedy_decode
+from speechssl.models.heads import CtcHead, SpeakerHead
+from speechssl.transcript import Transcript
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import resolve_device
+from speechssl.verification import Verification
 
 AudioInput = Union[str, Path, bytes, np.ndarray, torch.Tensor]
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default.safetensors"
 
 
+class HeadMissingError(ValueError):
+    """The loaded checkpoint lacks the head a method needs (e.g. transcribe without CTC)."""
+
+
 class SpeechModel:
     """An encoder (and the heads its checkpoint holds) on one device, ready for inference."""
 
     def __init__(self, encoder: Wav2Vec2Model, metadata: dict, device: torch.device, name: str,
-                 max_batch_seconds: float = 60.0):
+                 max_batch_seconds: float = 60.0, ctc_head: CtcHead | None = None,
+                 speaker_head: torch.nn.Module | None = None):
         self.encoder = encoder.to(device).eval()
         self.encoder.encoder.pos_conv_embed.fold_weight_norm()
+        self.ctc_head = ctc_head.to(device).eval() if ctc_head is not None else None
+        self.speaker_head = speaker_head.to(device).eval() if speaker_head is not None else None
         self.metadata = metadata
         self.device = device
         self.name = name
         self.max_batch_seconds = max_batch_seconds
+        self.chunk_seconds = 30.0  # longer audio is transcribed in overlapping windows
+        self.chunk_context = 3.0  # seconds on each side of a window's kept core
 
     @property
     def hidden_size(self) -> int:
@@ -41,8 +56,14 @@ class SpeechModel:
 
     @property
     def heads(self) -> list[str]:
-        """What this checkpoint can do beyond embeddings (later: "ctc", "speaker")."""
-        return ["embeddings"]
+        """What this checkpoint can do: "embeddings" always, "ctc" and "speaker" when it holds those heads."""
+        return ["embeddings"] + ["ctc"] * (self.ctc_head is not None) + ["speaker"] * (self.speaker_head is not None)
+
+    def require(self, head: str) -> None:
+        """Raise HeadMissingError unless this checkpoint holds ``head``."""
+        if head not in self.heads:
+            what = {"ctc": "CTC (speech-to-text) head", "speaker": "speaker head"}[head]
+            raise HeadMissingError(f"checkpoint {self.name!r} has no {what}; it holds: {', '.join(self.heads)}")
 
     @property
     def num_layers(self) -> int:
@@ -68,7 +89,16 @@ class SpeechModel:
     def encode(self, waves: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
         """Frame features (T_i, dim) of one layer for each waveform, batched by length."""
         results: list[np.ndarray | None] = [None] * len(waves)
-        # The training sampler, unshuffled: length-sorted batches bounded by padded seconds.
+        for batch, padded, lengths in self.batches(waves):
+            out = self.encoder(padded, lengths, num_layers=layer)
+            hidden = out.hidden_states[-1].float().cpu()
+            for row, i in enumerate(batch):
+                results[i] = hidden[row, : int(out.lengths[row])].numpy()
+        return results  # type: ignore[return-value]
+
+    def batches(self, waves: list[np.ndarray]):
+        """(indices, padded waves, lengths) on the device, in length-sorted batches bounded by
+        padded seconds: the training sampler, unshuffled."""
         sampler = SecondsBatchSampler([len(w) / SAMPLE_RATE for w in waves], self.max_batch_seconds, shuffle=False)
         for batch in sampler:
             longest = max(len(waves[i]) for i in batch)
@@ -76,11 +106,119 @@ class SpeechModel:
             for row, i in enumerate(batch):
                 padded[row, : len(waves[i])] = torch.from_numpy(waves[i])
             lengths = torch.tensor([len(waves[i]) for i in batch])
-            out = self.encoder(padded.to(self.device), lengths.to(self.device), num_layers=layer)
-            hidden = out.hidden_states[-1].float().cpu()
-            for row, i in enumerate(batch):
-                results[i] = hidden[row, : int(out.lengths[row])].numpy()
-        return results  # type: ignore[return-value]
+            yield batch, padded.to(self.device), lengths.to(self.device)
+
+    # --- speech-to-text -------------------------------------------------------------
+
+    def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,
+                   decoder: BeamDecoder | None = None, timestamps: bool = True):
+        """Transcript(text, words, duration) per input; greedy decoding unless a BeamDecoder is given.
+
+        Audio of any length: long inputs are encoded in overlapping chunks (see ``emissions``).
+        """
+        self.require("ctc")
+        single = not isinstance(audio, (list, tuple))
+        waves = [load_audio(a, sample_rate) for a in ([audio] if single else audio)]
+        vocab, blank = self.metadata["vocab"], int(self.metadata.get("blank_id", 0))
+        out = []
+        for wave, emissions in zip(waves, self.emissions(waves)):
+            text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
+            words = word_timestamps(emissions, text, vocab, blank) if timestamps and text else []
+            out.append(Transcript(text, words, round(len(wave) / SAMPLE_RATE, 3)))
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def emissions(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """CTC log-probabilities (frames, vocab) per waveform, on the CPU.
+
+        A waveform longer than ``chunk_seconds`` is cut into windows that each keep a core
+        of frames plus ``chunk_context`` seconds of audio on either side; only the cores
+        are kept, and they tile the utterance exactly, so no frame is dropped or doubled
+        and memory stays bounded by the batch, whatever the length.
+        """
+        self.require("ctc")
+        pieces, plan = [], []  # plan: (wave index, first frame to keep in the piece, frames to keep)
+        for i, wave in enumerate(waves):
+            total = int(self.encoder.frame_lengths(torch.tensor([len(wave)])))
+            for w in windows(len(wave), total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE)):
+                pieces.append(wave[w.start : w.end])
+                plan.append((i, w.keep_from, w.keep))
+        log_probs: list[torch.Tensor | None] = [None] * len(pieces)
+        for batch, padded, lengths in self.batches(pieces):
+            out = self.encoder(padded, lengths)
+            scores = self.ctc_head(out.last).float().cpu()
+            for row, j in enumerate(batch):
+                log_probs[j] = scores[row, : int(out.lengths[row])]
+        per_wave: list[list[torch.Tensor]] = [[] for _ in waves]
+        for (i, first, keep), scores in zip(plan, log_probs):
+            per_wave[i].append(scores[first : first + keep])
+        return [torch.cat(parts) for parts in per_wave]
+
+
+    # --- speaker vectors and verification ------------------------------------------
+
+    @property
+    def speaker_threshold(self) -> float | None:
+        """Cosine threshold for ``verify``: the validation split's EER point, stored at training."""
+        value = self.metadata.get("speaker_threshold")
+        return None if value is None else float(value)
+
+    def speaker_vector(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None):
+        """(dim,) float32 unit-length speaker vector per input (cosine = dot product)."""
+        self.require("speaker")
+        single = not isinstance(audio, (list, tuple))
+        waves = [load_audio(a, sample_rate) for a in ([audio] if single else audio)]
+        vectors, _ = self.speaker_outputs(waves)
+        return vectors[0] if single else vectors
+
+    def verify(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> Verification:
+        """Whether two recordings are of the same speaker: cosine of their speaker vectors
+        against the checkpoint's stored threshold."""
+        self.require("speaker")
+        threshold = self.speaker_threshold
+        if threshold is None:
+            raise HeadMissingError(f"checkpoint {self.name!r} has a speaker head but no speaker_threshold in its "
+                                   "metadata; evaluate it and store one, or compare speaker_vector()s yourself")
+        first, second = self.speaker_vector([a, b], sample_rate)
+        score = float(np.dot(first, second))
+        return Verification(score, threshold, score >= threshold)
+
+    @torch.inference_mode()
+    def speaker_outputs(self, waves: list[np.ndarray], layer_means: bool = False):
+        """(unit speaker vectors (dim,), per-layer mean-pooled features (L+1, C) or None) per waveform.
+
+        Audio longer than ``chunk_seconds`` is cut into equal pieces; their vectors (and
+        means) are averaged, weighted by frames. ``layer_means`` runs every layer (the
+        evaluation's head-less baseline) even when the head uses fewer.
+        """
+        self.require("speaker")
+        head: SpeakerHead = self.speaker_head  # type: ignore[assignment]
+        limit = int(self.chunk_seconds * SAMPLE_RATE)
+        pieces, owner = [], []
+        for i, wave in enumerate(waves):
+            count = -(-len(wave) // limit)
+            for part in np.array_split(wave, count):
+                pieces.append(part)
+                owner.append(i)
+        depth = None if layer_means else head.num_layers
+        sums = [[0.0, 0.0, 0] for _ in waves]  # vector sum, layer-mean sum, frames
+        for batch, padded, lengths in self.batches(pieces):
+            out = self.encoder(padded, lengths, num_layers=depth)
+            vectors = head(out.hidden_states, out.lengths).float().cpu()
+            means = None
+            if layer_means:
+                states = torch.stack(out.hidden_states, dim=2).float()  # (B, T, L+1, C)
+                valid = out.valid.unsqueeze(-1).unsqueeze(-1)
+                means = ((states * valid).sum(1) / out.lengths.clamp(min=1)[:, None, None]).cpu()  # (B, L+1, C)
+            for row, j in enumerate(batch):
+                frames = int(out.lengths[row])
+                total = sums[owner[j]]
+                total[0] = total[0] + frames * torch.nn.functional.normalize(vectors[row], dim=0)
+                if means is not None:
+                    total[1] = total[1] + frames * means[row]
+                total[2] += frames
+        unit = [torch.nn.functional.normalize(v / f, dim=0).numpy() for v, _, f in sums]
+        return unit, [(m / f).numpy() if layer_means else None for _, m, f in sums]
 
 
 def load(path: str | Path | None = None, device: str = "auto") -> SpeechModel:
@@ -95,4 +233,22 @@ def load(path: str | Path | None = None, device: str = "auto") -> SpeechModel:
     ckpt = load_checkpoint(path)
     encoder = Wav2Vec2Model(ckpt.model_config)
     load_into(encoder, ckpt.state_dict, prefix="wav2vec2.", path=str(path))
-    return SpeechModel(encoder, ckpt.metadata, resolve_device(device), Path(path).stem)
+    ctc_head = None
+    if "ctc_head.proj.weight" in ckpt.state_dict:
+        vocab = ckpt.metadata.get("vocab")
+        if not vocab:
+            raise CheckpointError(f"{path}: a CTC head without a vocabulary in its metadata")
+        ctc_head = CtcHead(ckpt.model_config.hidden_size, len(vocab))
+        load_into(ctc_head, ckpt.state_dict, prefix="ctc_head.", path=str(path))
+    speaker_head = None
+    if any(k.startswith("speaker_head.") for k in ckpt.state_dict):
+        settings = ckpt.metadata.get("speaker_head")
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{path}: a speaker head without its settings (metadata['speaker_head'])")
+        try:
+            speaker_head = SpeakerHead(**settings)
+        except TypeError as exc:
+            raise CheckpointError(f"{path}: bad speaker head settings {settings}: {exc}") from None
+        load_into(speaker_head, ckpt.state_dict, prefix="speaker_head.", path=str(path))
+    return SpeechModel(encoder, ckpt.metadata, resolve_device(device), Path(path).stem, ctc_head=ctc_head,
+                       speaker_head=speaker_head)

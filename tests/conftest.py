@@ -7,6 +7,7 @@ import soundfile as sf
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FSDD = SHARED / "data" / "fsdd" / "recordings"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -159,3 +159,16 @@ def test_auth_missing_field_and_content_type(server, speech):
     as_json = httpx.post(server.url + "/v1/embeddings", json={"file": "a.wav"}, headers=AUTH)
     assert as_json.status_code == 422
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("route, files, head", [
+    ("/v1/audio/transcriptions", ["file"], "CTC"),
+    ("/v1/speakers/embed", ["file"], "speaker"),
+    ("/v1/speakers/verify", ["file_a", "file_b"], "speaker"),
+])
+def test_route_whose_head_is_missing_says_so(server, speech, route, files, head):
+    response = httpx.post(server.url + route, files={name: ("a.wav", speech, "audio/wav") for name in files}, headers=AUTH)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "head_missing" and head in error["message"] and "it holds: embeddings" in error["message"]
+    assert httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"][0]["heads"] == ["embeddings"]

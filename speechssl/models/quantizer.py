@@ -63,7 +63,8 @@ def gumbel_softmax_hard(logits: Tensor, tau: float, generator: torch.Generator |
     """Straight-through Gumbel softmax; a generator makes the noise reproducible."""
     if generator is None:
         return F.gumbel_softmax(logits, tau=tau, hard=True)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    # Drawn on the CPU generator (the loop seeds one per step), so CPU and GPU runs draw alike.
+    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float32).to(logits.device, logits.dtype)
     exponential = (-torch.log(uniform.clamp(min=1e-10))).clamp(min=1e-10)
     gumbels = -torch.log(exponential)
     soft = ((logits + gumbels) / tau).softmax(-1)

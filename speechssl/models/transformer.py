@@ -3,6 +3,11 @@
 Post-LN (BASE) and pre-LN "stable" (LARGE) variants, attention through
 ``scaled_dot_product_attention`` with a key padding mask. Parameter names follow
 the reference implementations so checkpoints interchange.
+
+Without gradients (inference) the q/k/v projections run as one fused matmul and the
+positional conv uses its weight-norm-folded weight, both derived from the parameters
+once (``speechssl.models.inference``); with gradients every step uses the parameters
+directly, exactly as in training.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from speechssl.config import ModelConfig
+from speechssl.models.inference import derived, linear, needs_grad
 
 
 class PositionalConv(nn.Module):
@@ -28,21 +34,24 @@ class PositionalConv(nn.Module):
         with torch.no_grad():
             self.conv.weight_g.copy_(self._v_norm())
         self.kernel, self.groups = kernel, groups
-        self.folded: Tensor | None = None  # set by fold_weight_norm() for inference
 
     def _v_norm(self) -> Tensor:
         return self.conv.weight_v.norm(dim=(0, 1), keepdim=True)  # (1, 1, K)
 
-    def weight(self) -> Tensor:
-        if self.folded is not None:
-            return self.folded
+    def _weight(self) -> Tensor:
         return self.conv.weight_v * (self.conv.weight_g / self._v_norm())
 
+    def weight(self) -> Tensor:
+        """The conv weight g * v / ||v||: computed each call with gradients, folded once without."""
+        sources = (self.conv.weight_v, self.conv.weight_g)
+        if needs_grad(sources):
+            return self._weight()
+        return derived(self, "weight", sources, self._weight)
+
     def fold_weight_norm(self) -> None:
-        """Compute the conv weight once; for inference, where the weights no longer change."""
+        """Compute the folded weight now (it is otherwise built on the first call without gradients)."""
         with torch.no_grad():
-            self.folded = None
-            self.folded = self.weight().detach().clone()
+            self.weight()
 
     def forward(self, x: Tensor) -> Tensor:
         # (B, T, C) -> (B, C, T) for the conv; an even kernel gives one frame too many.
@@ -62,13 +71,28 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.int8 = False  # set by speechssl.models.inference.quantize_int8
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> q, k, v, each (B, H, T, C/H)."""
+        b, t, c = x.shape
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        sources = tuple(p for proj in projs for p in (proj.weight, proj.bias))
+        if needs_grad(sources):
+            return tuple(proj(x).view(b, t, self.num_heads, -1).transpose(1, 2) for proj in projs)
+        # One (B, T, C) x (C, 3C) matmul instead of three; the weights are fused once.
+        fused = linear(self, "qkv", x, sources, lambda: torch.cat([p.weight for p in projs]),
+                       lambda: torch.cat([p.bias for p in projs]))
+        # (B, T, 3C) -> (3, B, H, T, C/H): views, no copy
+        return fused.view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         b, t, c = x.shape
-        # (B, T, C) -> (B, H, T, C/H)
-        q, k, v = (proj(x).view(b, t, self.num_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.qkv(x)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, c))
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, C/H) -> (B, T, C)
+        out = self.out_proj
+        return linear(self, "out", y, (out.weight, out.bias), lambda: out.weight, lambda: out.bias)
 
 
 class FeedForward(nn.Module):
@@ -78,10 +102,14 @@ class FeedForward(nn.Module):
         self.output_dense = nn.Linear(config.ffn_dim, config.hidden_size)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
         self.output_dropout = nn.Dropout(config.dropout)
+        self.int8 = False  # set by speechssl.models.inference.quantize_int8
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.activation_dropout(F.gelu(self.intermediate_dense(x)))
-        return self.output_dropout(self.output_dense(x))
+        up, down = self.intermediate_dense, self.output_dense
+        x = linear(self, "up", x, (up.weight, up.bias), lambda: up.weight, lambda: up.bias)
+        x = self.activation_dropout(F.gelu(x))
+        x = linear(self, "down", x, (down.weight, down.bias), lambda: down.weight, lambda: down.bias)
+        return self.output_dropout(x)
 
 
 class EncoderLayer(nn.Module):
@@ -119,11 +147,10 @@ class TransformerEncoder(nn.Module):
         (after the closing layer norm of the pre-LN variant). ``num_layers`` stops early.
         """
         attn_mask = None
-        if valid is not None:
+        if valid is not None and not bool(valid.all()):
             # Padding must be zero before the positional conv, as it is for an item alone.
             x = x * valid.unsqueeze(-1).to(x.dtype)
-            if not bool(valid.all()):
-                attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended
+            attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended
         x = x + self.pos_conv_embed(x)
         if not self.pre_ln:
             x = self.layer_norm(x)

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -166,8 +166,13 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: RunConfig,
-          train_utts: list[Utterance], valid_utts: list[Utterance], resume: bool = False) -> TrainSummary:
-    """Run ``task`` to ``optim.max_steps`` (or ``run.max_minutes``); write checkpoints, logs and plots."""
+          train_utts: list[Utterance], valid_utts: list[Utterance], resume: bool = False,
+          make_stream: Callable[[int, int], Any] | None = None) -> TrainSummary:
+    """Run ``task`` to ``optim.max_steps`` (or ``run.max_minutes``); write checkpoints, logs and plots.
+
+    ``make_stream(rank, world)`` replaces the stream of audio crops of ``train_utts`` with the
+    task's own (e.g. cached encoder features); it needs ``next()``, ``state()`` and ``restore()``.
+    """
     if run.threads:
         torch.set_num_threads(run.threads)
     device = resolve_device(run.device)
@@ -184,7 +189,7 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
-    stream = BatchStream(train_utts, data, run.seed, rank, world)
+    stream = make_stream(rank, world) if make_stream else BatchStream(train_utts, data, run.seed, rank, world)
     valid = valid_loader(valid_utts, data) if rank == 0 else None
     step, best, elapsed = 0, {}, 0.0
     resume_path = out_dir / "resume.pt"

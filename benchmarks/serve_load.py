@@ -1,0 +1,272 @@
+"""Load test of the HTTP service: dynamic batching against no batching, and against offline batches.
+
+    python benchmarks/serve_load.py --checkpoint runs/pretrain-small/best.safetensors \\
+        --route embeddings --clients 16 --seconds 20 --json runs/serve_load.json
+
+For each configuration (the default batcher, then ``max_batch_items=1``) it starts a server
+(uvicorn on a free loopback port, one worker), runs ``--clients`` concurrent clients for
+``--seconds`` that post real audio round-robin, and reports requests/s, audio-seconds/s,
+latency percentiles, errors and the server's peak RSS. Then it runs the same clips through
+the model in-process (``SpeechModel.embed`` / ``transcribe`` in batches) and reports the
+server's audio-seconds/s as a fraction of that offline throughput.
+
+``--url`` targets a running server instead (one configuration; no RSS). The load side needs
+only httpx and the standard library (clips are WAV files); the servers it starts and the
+offline measurement need what the server needs (torch, fastapi, uvicorn, speechssl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16000
+
+ROUTES = {"embeddings": "/v1/embeddings", "transcriptions": "/v1/audio/transcriptions"}
+DEFAULT_AUDIO = [ROOT / "runs/corpus/test.jsonl", ROOT.parent / "shared/data/fsdd/recordings"]
+
+
+def find_clips(source: Path | None, count: int) -> list[Path]:
+    """WAV files from a JSONL manifest (paths relative to it) or a folder."""
+    source = source or next((p for p in DEFAULT_AUDIO if p.exists()), None)
+    if source is None:
+        sys.exit("no audio: pass --audio MANIFEST.jsonl or a folder of wavs")
+    if source.suffix == ".jsonl":
+        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        paths = [source.parent / row["path"] for row in rows]
+    else:
+        paths = sorted(source.glob("*.wav"))
+    return paths[:count]
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as f:
+        return f.getnframes() / f.getframerate()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``speechssl serve`` in a child process (uvicorn, one worker), configured by SPEECHSSL_* variables."""
+
+    def __init__(self, checkpoint: str, device: str, max_batch_items: int | None, api_key: str | None):
+        self.port = free_port()
+        env = {**os.environ, "SPEECHSSL_CHECKPOINT": checkpoint, "SPEECHSSL_DEVICE": device,
+               "SPEECHSSL_PORT": str(self.port), "SPEECHSSL_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+        if max_batch_items is not None:
+            env["SPEECHSSL_MAX_BATCH_ITEMS"] = str(max_batch_items)
+        if api_key:
+            env["SPEECHSSL_API_KEY"] = api_key
+        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.main:app_from_env", "--factory",
+                                      "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                     env=env, cwd=ROOT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"the server exited with status {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        sys.exit("the server did not become ready")
+
+    def peak_rss_mb(self) -> float | None:
+        try:  # VmHWM: the resident set's high-water mark (Linux)
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Tally:
+    """What one configuration did, summed over its rounds."""
+
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.audio_seconds = self.elapsed = 0.0
+        self.statuses: dict[str, int] = {}
+
+    def summary(self) -> dict:
+        ok, elapsed = len(self.latencies), max(self.elapsed, 1e-9)
+        ms = {f"p{q}_ms": None if not ok else round(1000 * percentile(self.latencies, q), 1) for q in (50, 95, 99)}
+        return {"requests": ok, "errors": sum(n for s, n in self.statuses.items() if s != "200"),
+                "statuses": self.statuses, "seconds": round(self.elapsed, 2), "requests_per_s": round(ok / elapsed, 2),
+                "audio_s_per_s": round(self.audio_seconds / elapsed, 2), **ms}
+
+
+async def load(url: str, route: str, clips: list[tuple[str, bytes, float]], clients: int, seconds: float,
+               api_key: str | None, tally: Tally) -> None:
+    """``clients`` loops that each post the next clip as soon as their last answer came."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    position = 0
+
+    async def client(http: httpx.AsyncClient, stop_at: float) -> None:
+        nonlocal position
+        while time.monotonic() < stop_at:
+            name, data, duration = clips[position % len(clips)]
+            position += 1
+            started = time.monotonic()
+            try:
+                status = str((await http.post(route, files={"file": (name, data, "audio/wav")})).status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            tally.statuses[status] = tally.statuses.get(status, 0) + 1
+            if status == "200":
+                tally.latencies.append(time.monotonic() - started)
+                tally.audio_seconds += duration
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as http:
+        started = time.monotonic()
+        await asyncio.gather(*[client(http, started + seconds) for _ in range(clients)])
+        tally.elapsed += time.monotonic() - started  # includes the requests in flight at the deadline
+
+
+def batch_sizes(url: str) -> float | None:
+    """Mean requests per device batch, from the server's /metrics."""
+    text = httpx.get(url + "/metrics").text
+    values = dict(line.split()[:2] for line in text.splitlines() if line.startswith("speechssl_batch_size_"))
+    count = float(values.get("speechssl_batch_size_count", 0))
+    return round(float(values["speechssl_batch_size_sum"]) / count, 2) if count else None
+
+
+class Offline:
+    """The same clips through the model in-process, in length-sorted batches bounded as the server
+    bounds them: the throughput the server is measured against."""
+
+    def __init__(self, checkpoint: str, device: str, route: str, paths: list[Path]):
+        sys.path.insert(0, str(ROOT))
+        import speechssl
+        from server.settings import Settings
+        from speechssl.audio import load_audio
+
+        self.model = speechssl.load(checkpoint, device)
+        self.model.max_batch_seconds = Settings().max_batch_seconds
+        self.waves = [load_audio(p) for p in paths]
+        self.method = self.model.embed if route == "embeddings" else self.model.transcribe
+        self.method(self.waves[:4], sample_rate=SAMPLE_RATE)  # warm-up
+        self.tally = Tally()
+
+    def run(self, seconds: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            self.method(self.waves, sample_rate=SAMPLE_RATE)
+            self.tally.audio_seconds += sum(len(w) for w in self.waves) / SAMPLE_RATE
+        self.tally.elapsed += time.monotonic() - started
+
+    def summary(self) -> dict:
+        return {"seconds": round(self.tally.elapsed, 2),
+                "audio_s_per_s": round(self.tally.audio_seconds / self.tally.elapsed, 2),
+                "max_batch_seconds": self.model.max_batch_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="checkpoint to serve (required unless --url)")
+    parser.add_argument("--url", help="target a running server instead of starting one")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--route", choices=sorted(ROUTES), default="embeddings")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0, help="load per configuration, over all rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="configurations take turns this many times, so "
+                        "that drifting load from other processes hits each alike")
+    parser.add_argument("--audio", type=Path, default=None, help="JSONL manifest or folder of wavs "
+                        "(default: runs/corpus/test.jsonl, else ../shared/data/fsdd/recordings)")
+    parser.add_argument("--clips", type=int, default=64, help="how many clips to cycle through")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the max_batch_items=1 server")
+    parser.add_argument("--no-offline", action="store_true", help="skip the in-process batch throughput")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    if not (args.url or args.checkpoint):
+        parser.error("pass --checkpoint (or --url of a running server)")
+
+    paths = find_clips(args.audio, args.clips)
+    clips = [(p.name, p.read_bytes(), wav_seconds(p)) for p in paths]
+    route = ROUTES[args.route]
+    report = {"route": route, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+              "device": args.device, "checkpoint": args.checkpoint, "clips": len(clips),
+              "mean_clip_seconds": round(sum(c[2] for c in clips) / len(clips), 2), "runs": {}}
+    print(f"{len(clips)} clips, mean {report['mean_clip_seconds']} s; {args.clients} clients x {args.seconds:g} s "
+          f"in {args.rounds} rounds on {route}", flush=True)
+
+    servers: dict[str, Server | None] = {"url": None} if args.url else {
+        "batched": Server(args.checkpoint, args.device, None, args.api_key),
+        **({} if args.no_baseline else {"max_batch_1": Server(args.checkpoint, args.device, 1, args.api_key)})}
+    try:
+        for server in servers.values():
+            if server:
+                server.wait_ready()
+        offline = None if args.no_offline or not args.checkpoint else Offline(args.checkpoint, args.device, args.route, paths)
+        tallies = {label: Tally() for label in servers}
+        for _ in range(args.rounds):
+            for label, server in servers.items():
+                asyncio.run(load(args.url or server.url, route, clips, args.clients, args.seconds / args.rounds,
+                                 args.api_key, tallies[label]))
+            if offline:
+                offline.run(args.seconds / args.rounds)
+        for label, server in servers.items():
+            url = args.url or server.url
+            report["runs"][label] = result = {**tallies[label].summary(), "mean_batch_size": batch_sizes(url),
+                                              "server_peak_rss_mb": server and server.peak_rss_mb()}
+            print(f"{label:>12}: {result['requests_per_s']:7.2f} req/s  {result['audio_s_per_s']:7.2f} audio-s/s  "
+                  f"p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
+                  f"errors {result['errors']}  batch {result['mean_batch_size']}  "
+                  f"peak RSS {result['server_peak_rss_mb'] and round(result['server_peak_rss_mb'])} MB", flush=True)
+    finally:
+        for server in servers.values():
+            if server:
+                server.stop()
+    runs = report["runs"]
+    if "max_batch_1" in runs and runs["max_batch_1"]["requests_per_s"]:
+        report["batching_speedup"] = round(runs["batched"]["requests_per_s"] / runs["max_batch_1"]["requests_per_s"], 2)
+        print(f"batching speed-up (req/s, batched / max-batch 1): {report['batching_speedup']}x")
+    if offline:
+        report["offline"] = offline.summary()
+        served = runs.get("batched", runs.get("url"))["audio_s_per_s"]
+        report["server_fraction_of_offline"] = round(served / report["offline"]["audio_s_per_s"], 3)
+        print(f"     offline: {report['offline']['audio_s_per_s']:7.2f} audio-s/s (in-process batches); the batched "
+              f"server reaches {report['server_fraction_of_offline']:.0%} of it")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

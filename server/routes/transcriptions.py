@@ -1,0 +1,67 @@
+"""OpenAI-compatible speech-to-text: POST /v1/audio/transcriptions.
+
+The official ``openai`` client works against it unchanged (``base_url=.../v1``). The
+``model`` field is accepted and ignored (one model is served), as are ``prompt`` and
+``temperature``; the CTC head decodes greedily.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from server.deps import read_upload, require_head, submit
+from server.errors import ApiError
+from server.schemas import Transcription, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
+from speechssl.transcript import Transcript, to_srt, to_vtt
+
+router = APIRouter()
+
+ENGLISH = {"en", "english"}  # the character vocabulary is a-z and the apostrophe
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+@router.post(
+    "/v1/audio/transcriptions", summary="transcribe an audio file (OpenAI-compatible)",
+    responses={200: {"model": TranscriptionVerbose, "content": {"text/plain": {}, "text/vtt": {}},
+                     "description": "json: {text}; verbose_json: as shown; text and srt: text/plain; vtt: text/vtt"}},
+)
+async def transcriptions(
+    request: Request,
+    file: UploadFile = File(..., description="audio: wav, flac, ogg, mp3, ..."),
+    model: str | None = Form(None, description="accepted for OpenAI compatibility; the served model answers"),
+    language: str | None = Form(None, description="ISO-639-1 code; only 'en' is supported"),
+    prompt: str | None = Form(None, description="accepted and ignored"),
+    temperature: float | None = Form(None, description="accepted and ignored (greedy decoding)"),
+    response_format: ResponseFormat = Form("json"),
+    timestamp_granularities: list[Literal["word", "segment"]] = Form(
+        [], alias="timestamp_granularities[]", description="with verbose_json: word and/or segment (default segment)"),
+):
+    require_head(request, "ctc")
+    if language is not None and language.lower() not in ENGLISH:
+        raise ApiError(400, f"language {language!r} is not supported; this model transcribes English ('en')",
+                       code="unsupported_language")
+    if timestamp_granularities and response_format != "verbose_json":
+        raise ApiError(400, "timestamp_granularities[] needs response_format=verbose_json",
+                       code="invalid_timestamp_granularities")
+    wave = await read_upload(request, file)
+    transcript: Transcript = await submit(request, ("transcribe",), wave)
+    if response_format == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if response_format == "srt":
+        return PlainTextResponse(to_srt(transcript))
+    if response_format == "vtt":
+        return PlainTextResponse(to_vtt(transcript), media_type="text/vtt")
+    if response_format == "json":
+        return Transcription(text=transcript.text)
+    verbose = TranscriptionVerbose(
+        duration=transcript.duration, text=transcript.text,
+        segments=[TranscriptionSegment(id=i, start=start, end=end, text=text)
+                  for i, (start, end, text) in enumerate(transcript.cues())],
+        words=[TranscriptionWord(word=w.text, start=w.start, end=w.end) for w in transcript.words]
+        if "word" in timestamp_granularities else None,
+    )
+    return JSONResponse(verbose.model_dump(exclude_none=True))

@@ -1,0 +1,1 @@
+"""From CTC emissions to text: greedy and beam search (optional n-gram LM), word timestamps."""

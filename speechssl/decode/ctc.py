@@ -1,0 +1,113 @@
+"""CTC decoding over a character vocabulary whose word boundary is "|".
+
+Emissions are (frames, vocab) log-probabilities of one utterance. Greedy decoding takes
+the best label per frame, merges repeats and drops blanks; beam search goes through
+torchaudio's flashlight-text decoder, with an optional word n-gram LM (KenLM ARPA or
+binary) and an optional lexicon. Without an LM the search is lexicon-free. With an ARPA
+LM and no lexicon, the lexicon is the LM's own vocabulary (flashlight scores words only
+through a lexicon; lexicon-free it would treat the LM as one over characters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from speechssl.models.heads import BLANK, WORD_BOUNDARY
+
+
+class DecodeError(ValueError):
+    """Bad decoder settings: a missing LM file, a vocabulary without blank or word boundary."""
+
+
+def encode_text(text: str, vocab: list[str]) -> list[int]:
+    """Normalized text -> label ids; spaces become the word boundary. Unknown characters raise."""
+    index = {token: i for i, token in enumerate(vocab)}
+    try:
+        return [index[WORD_BOUNDARY if c == " " else c] for c in text]
+    except KeyError as exc:
+        raise DecodeError(f"character {exc.args[0]!r} is not in the vocabulary") from None
+
+
+def labels_to_text(labels: list[int], vocab: list[str], blank_id: int) -> str:
+    """Collapse a frame-level label path: merge repeats, drop blanks, "|" -> space."""
+    chars, previous = [], None
+    for label in labels:
+        if label != previous and label != blank_id:
+            chars.append(vocab[label])
+        previous = label
+    return " ".join("".join(chars).replace(WORD_BOUNDARY, " ").split())
+
+
+def greedy_decode(emissions: Tensor, vocab: list[str], blank_id: int = 0) -> str:
+    return labels_to_text(emissions.argmax(-1).tolist(), vocab, blank_id)
+
+
+@dataclass
+class BeamSettings:
+    beam_size: int = 50
+    lm: str | None = None  # KenLM ARPA or binary file
+    lexicon: str | None = None  # "word c h a r s |" per line; None: lexicon-free
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+    beam_threshold: float = 25.0
+
+
+class BeamDecoder:
+    """Beam search over emissions; built once (loading an LM takes a while), used per utterance."""
+
+    def __init__(self, vocab: list[str], settings: BeamSettings | None = None):
+        from torchaudio.models.decoder import ctc_decoder
+
+        settings = settings or BeamSettings()
+        if BLANK not in vocab or WORD_BOUNDARY not in vocab:
+            raise DecodeError(f"beam search needs {BLANK!r} and {WORD_BOUNDARY!r} in the vocabulary")
+        for name in ("lm", "lexicon"):
+            path = getattr(settings, name)
+            if path is not None and not Path(path).is_file():
+                raise DecodeError(f"{name} file not found: {path}")
+        lexicon = settings.lexicon
+        if settings.lm is not None and lexicon is None:
+            lexicon = lexicon_from_arpa(settings.lm, vocab)
+        self.decoder = ctc_decoder(
+            lexicon=lexicon, tokens=vocab, lm=settings.lm, beam_size=settings.beam_size,
+            beam_threshold=settings.beam_threshold, lm_weight=settings.lm_weight if settings.lm else 0.0,
+            word_score=settings.word_score, blank_token=BLANK, sil_token=WORD_BOUNDARY,
+            unk_word="<unk>", log_add=True,
+        )
+        self.vocab = vocab
+        self.blank_id = vocab.index(BLANK)
+
+    def __call__(self, emissions: Tensor) -> str:
+        hyps = self.decoder(emissions.float().cpu().unsqueeze(0).contiguous())[0]
+        if not hyps:
+            return ""
+        # hyp.tokens is already collapsed (repeats merged, blanks dropped): joining it must not
+        # merge again, or "ll" in "hello" would become one letter.
+        chars = "".join(self.vocab[t] for t in hyps[0].tokens.tolist() if t != self.blank_id)
+        return " ".join(chars.replace(WORD_BOUNDARY, " ").split())
+
+
+def lexicon_from_arpa(lm: str, vocab: list[str]) -> str:
+    """Write "word w o r d |" for each unigram of an ARPA file that the vocabulary can spell."""
+    import tempfile
+
+    spellable = set(vocab) - {BLANK, WORD_BOUNDARY}
+    words, in_unigrams = [], False
+    with open(lm, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("\\"):
+                in_unigrams = line.strip() == "\\1-grams:"
+                continue
+            parts = line.split()
+            if in_unigrams and len(parts) >= 2 and set(parts[1]) <= spellable:
+                words.append(parts[1])
+    if not words:
+        raise DecodeError(f"{lm}: no words to build a lexicon from (a binary LM needs --lexicon)")
+    out = tempfile.NamedTemporaryFile("w", suffix=".lexicon", delete=False, encoding="utf-8")
+    with out:
+        out.writelines(f"{w} {' '.join(w)} {WORD_BOUNDARY}\n" for w in words)
+    return out.name

@@ -1,0 +1,131 @@
+"""Task heads on top of the encoder's frames.
+
+A checkpoint stores each head's weights under its own prefix (``ctc_head.``,
+``speaker_head.``) beside the encoder's (``wav2vec2.``), and what is needed to rebuild
+the head in its metadata, so one file can hold the encoder and every head.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+# Characters: blank (CTC), word boundary "|" (as fairseq and transformers write it),
+# apostrophe, a-z. Text is normalized to this set by speechssl.data.manifest.normalize_text.
+BLANK = "<blank>"
+WORD_BOUNDARY = "|"
+CHAR_VOCAB = [BLANK, WORD_BOUNDARY, "'", *string.ascii_lowercase]
+
+
+class CtcHead(nn.Module):
+    """Dropout then one linear layer from hidden size to the vocabulary: log-probabilities per frame."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.proj(self.dropout(hidden)).float().log_softmax(-1)
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Attention-weighted mean and standard deviation over valid frames (Okabe et al. 2018).
+
+    (B, T, C) frames and (B, T) validity -> (B, 2C). Padding gets zero weight, so a
+    padded batch pools each item exactly as that item alone.
+    """
+
+    def __init__(self, channels: int, attention_dim: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(channels, attention_dim), nn.Tanh(), nn.Linear(attention_dim, 1))
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        if not bool(valid.any(1).all()):
+            raise ValueError("attentive statistics pooling needs at least one valid frame per item")
+        x = x.float().masked_fill(~valid.unsqueeze(-1), 0.0)
+        scores = self.attention(x).squeeze(-1).masked_fill(~valid, float("-inf"))  # (B, T)
+        weights = scores.softmax(dim=1).unsqueeze(-1)  # (B, T, 1), zero on padding
+        mean = (weights * x).sum(1)  # (B, C)
+        var = (weights * x.square()).sum(1) - mean.square()
+        return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=-1)  # (B, 2C)
+
+
+class SpeakerHead(nn.Module):
+    """A speaker vector from the encoder's layers (SUPERB-style weighted sum, then x-vector pooling).
+
+    The transformer input and the first ``num_layers`` layer outputs, each layer-normed,
+    are summed with learned softmax weights; a frame-wise linear layer (``channels``; 0
+    skips it) feeds attentive statistics pooling, and a linear projection gives ``dim``
+    numbers. The vector is not normalized here: callers take its unit direction.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, dim: int = 192, channels: int = 256,
+                 attention_dim: int = 128):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.dim = hidden_size, num_layers, dim
+        self.channels, self.attention_dim = channels, attention_dim
+        self.layer_logits = nn.Parameter(torch.zeros(num_layers + 1))
+        width = channels or hidden_size
+        self.frame = nn.Sequential(nn.Linear(hidden_size, channels), nn.ReLU(), nn.LayerNorm(channels)) if channels else nn.Identity()
+        self.pooling = AttentiveStatsPooling(width, attention_dim)
+        self.norm = nn.LayerNorm(2 * width)
+        self.proj = nn.Linear(2 * width, dim)
+
+    def config(self) -> dict[str, int]:
+        """What rebuilds this head: ``SpeakerHead(**head.config())`` (stored as metadata["speaker_head"])."""
+        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "dim": self.dim,
+                "channels": self.channels, "attention_dim": self.attention_dim}
+
+    @property
+    def layer_weights(self) -> Tensor:
+        return self.layer_logits.softmax(0)
+
+    @staticmethod
+    def normalize_states(hidden_states: Tensor | list[Tensor], count: int | None = None) -> Tensor:
+        """(B, T, L+1, C) float32, each layer's frames layer-normed (no parameters): the head's input."""
+        if isinstance(hidden_states, (list, tuple)):
+            hidden_states = torch.stack(list(hidden_states)[:count], dim=2)
+        return F.layer_norm(hidden_states.float(), (hidden_states.shape[-1],))
+
+    def forward(self, hidden_states: Tensor | list[Tensor], lengths: Tensor, normalized: bool = False) -> Tensor:
+        """hidden_states (B, T, L+1, C) or a list of L+1 tensors (B, T, C); lengths (B,) frames -> (B, dim).
+
+        ``normalized``: the states already went through ``normalize_states`` (a training cache).
+        """
+        states = hidden_states.float() if normalized else self.normalize_states(hidden_states, self.num_layers + 1)
+        if states.shape[2] != self.num_layers + 1:
+            raise ValueError(f"the speaker head weights {self.num_layers + 1} hidden states, got {states.shape[2]}")
+        x = torch.einsum("btlc,l->btc", states, self.layer_weights)  # (B, T, C)
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+        pooled = self.pooling(self.frame(x), valid)  # (B, 2 * width)
+        return self.proj(self.norm(pooled))
+
+
+class AamSoftmax(nn.Module):
+    """Additive angular margin softmax (ArcFace): cross-entropy over scale * cos(theta + margin)
+    for the true class and scale * cos(theta) for the others, theta the angle to each class centre."""
+
+    def __init__(self, dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.xavier_normal_(self.weight)
+        self.margin, self.scale = margin, scale
+
+    def cosine(self, embeddings: Tensor) -> Tensor:
+        """(B, dim) -> (B, classes) cosine to each class centre."""
+        return F.linear(F.normalize(embeddings.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        cosine = self.cosine(embeddings).clamp(-1 + 1e-7, 1 - 1e-7)  # (B, K); the clamp keeps sqrt's grad finite
+        target = cosine.gather(1, labels[:, None])  # (B, 1)
+        m = self.margin
+        with_margin = target * math.cos(m) - (1 - target.square()).sqrt() * math.sin(m)  # cos(theta + m)
+        # Past theta + m = pi, cos(theta + m) would rise again: fall back to a linear penalty there.
+        with_margin = torch.where(target > math.cos(math.pi - m), with_margin, target - math.sin(math.pi - m) * m)
+        logits = cosine.scatter(1, labels[:, None], with_margin) * self.scale
+        return F.cross_entropy(logits, labels)

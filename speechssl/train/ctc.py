@@ -1,0 +1,179 @@
+"""Speech-to-text fine-tuning: a CTC character head on the (pretrained) encoder.
+
+The wav2vec 2.0 recipe: the conv feature encoder stays frozen, only the head trains for
+the first ``freeze_transformer_steps`` updates, time and channel masking act as
+augmentation, and the learning rate follows the tri-stage schedule. ``init_from: null``
+trains the same architecture from random weights, for the label-efficiency comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import jiwer
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from speechssl.checkpoint import Checkpoint, load_checkpoint, load_into
+from speechssl.config import ConfigError, ModelConfig, build_model_config, load_config
+from speechssl.data.dataset import Batch
+from speechssl.data.manifest import Utterance, normalize_text, read_manifest
+from speechssl.decode.ctc import encode_text, greedy_decode
+from speechssl.models.heads import CHAR_VOCAB, CtcHead
+from speechssl.models.wav2vec2 import Wav2Vec2Model
+from speechssl.train.loop import StepResult, TrainSummary, train
+from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
+
+log = logging.getLogger("speechssl.ctc")
+
+# Fine-tuning settings that override the pretrained model's (masking as augmentation).
+FINETUNE_MODEL_KEYS = ("mask_prob", "mask_length", "mask_channel_prob", "mask_channel_length", "dropout",
+                       "attention_dropout", "activation_dropout", "layer_drop", "feature_dropout")
+
+
+@dataclass
+class CtcConfig:
+    init_from: str | None = None  # pretrained checkpoint; None: random init from `model`
+    from_scratch: bool = False  # take init_from's architecture but not its weights (the baseline)
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_seconds=None, max_batch_seconds=60.0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="tri_stage", lr=1e-4))
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/ctc"))
+    labeled_hours: float | None = None  # use only this much of the train manifests (seeded draw)
+    freeze_feature_encoder: bool = True
+    freeze_transformer_steps: int = 0
+    head_dropout: float = 0.1
+
+    def validate(self) -> None:
+        unknown = set(self.model) - {"preset", *FINETUNE_MODEL_KEYS} if self.init_from else set()
+        if unknown:
+            raise ConfigError(f"model: with init_from only fine-tuning keys may be set ({', '.join(FINETUNE_MODEL_KEYS)}); "
+                              f"got {', '.join(sorted(unknown))}")
+        if not self.data.train:
+            raise ConfigError("data.train: give at least one transcribed training manifest")
+        if self.data.crop_seconds is not None:
+            raise ConfigError("data.crop_seconds must be null for CTC: a crop would cut the transcript")
+        if self.labeled_hours is not None and self.labeled_hours <= 0:
+            raise ConfigError("labeled_hours must be positive")
+        if self.freeze_transformer_steps < 0:
+            raise ConfigError("freeze_transformer_steps must be >= 0")
+
+
+def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int = 0) -> list[Utterance]:
+    """A seeded draw of ``hours`` of audio; a smaller draw is a prefix of a larger one."""
+    usable = [u for u in utterances if u.text]
+    if hours is None:
+        return usable
+    order = sorted(usable, key=lambda u: u.id)
+    random.Random(seed).shuffle(order)
+    kept, total = [], 0.0
+    for utt in order:
+        if total >= hours * 3600:
+            break
+        kept.append(utt)
+        total += utt.duration
+    return kept
+
+
+class CtcModel(nn.Module):
+    """Encoder + CTC head; state dict keys ``wav2vec2.*`` and ``ctc_head.*`` as in the checkpoint."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, head_dropout: float = 0.1):
+        super().__init__()
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.ctc_head = CtcHead(config.hidden_size, vocab_size, head_dropout)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, time_mask: torch.Tensor | None = None,
+                freeze_encoder: bool = False):
+        """(B, T, V) log-probs and (B,) frame lengths. A frozen feature encoder needs no switch
+        here: with requires_grad off its parameters, autograd records nothing for the conv stack."""
+        with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
+            out = self.wav2vec2(waves, lengths, time_mask=time_mask)
+        return self.ctc_head(out.last), out.lengths
+
+
+class CtcTask:
+    selection_metric = "cer"
+
+    def __init__(self, config: CtcConfig):
+        self.config = config
+        self.vocab = CHAR_VOCAB
+        if config.init_from:
+            ckpt = load_checkpoint(config.init_from)
+            overrides = {k: v for k, v in config.model.items() if k != "preset"}
+            model_config = build_model_config({**dataclasses.asdict(ckpt.model_config), **overrides})
+            self.module = CtcModel(model_config, len(self.vocab), config.head_dropout)
+            if not config.from_scratch:
+                load_into(self.module.wav2vec2, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
+        else:
+            self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout)
+        if config.freeze_feature_encoder:
+            self.module.wav2vec2.feature_extractor.requires_grad_(False)
+        self.step = 0
+
+    def before_step(self, step: int) -> None:
+        self.step = step
+
+    def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult:
+        module = self.module
+        frames = module.wav2vec2.frame_lengths(batch.lengths)
+        time_mask = module.wav2vec2.time_mask(frames, generator) if module.config.mask_prob > 0 else None
+        frozen = self.step < self.config.freeze_transformer_steps
+        log_probs, frames = model(batch.waves, batch.lengths, time_mask, freeze_encoder=frozen)
+        targets = [torch.tensor(encode_text(normalize_text(t or ""), self.vocab)) for t in batch.texts]
+        target_lengths = torch.tensor([len(t) for t in targets])
+        loss = F.ctc_loss(log_probs.transpose(0, 1), torch.cat(targets).to(log_probs.device), frames,
+                          target_lengths, blank=0, reduction="sum", zero_infinity=True)
+        # Per target character, so the loss scale does not follow the batch's length.
+        loss = loss / target_lengths.sum().clamp(min=1)
+        blank_ratio = float((log_probs.argmax(-1) == 0).float().mean())
+        return StepResult(loss, {"blank_ratio": blank_ratio, "frozen": float(frozen)})
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+        """Greedy-decoded WER and CER on the validation manifest."""
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        refs, hyps = [], []
+        for batch in loader:
+            batch = batch.to(device)
+            log_probs, frames = self.module(batch.waves, batch.lengths, freeze_encoder=True)
+            for row, text in enumerate(batch.texts):
+                hyps.append(greedy_decode(log_probs[row, : int(frames[row])].cpu(), self.vocab))
+                refs.append(normalize_text(text or ""))
+        self.module.train()
+        return error_rates(refs, hyps)
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.module.state_dict(), self.module.config,
+                          {"kind": "ctc", "vocab": self.vocab, "blank_id": 0, "init_from": self.config.init_from,
+                           "from_scratch": self.config.from_scratch})
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer); an empty hypothesis counts as all deletions."""
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return {"wer": 0.0, "cer": 0.0}
+    refs, hyps = zip(*pairs)
+    return {"wer": float(jiwer.wer(list(refs), list(hyps))), "cer": float(jiwer.cer(list(refs), list(hyps)))}
+
+
+def run_finetune_ctc(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:
+    config = load_config(CtcConfig, config_path, overrides)
+    train_utts = labeled_subset([u for p in config.data.train for u in read_manifest(p)], config.labeled_hours,
+                                config.run.seed)
+    valid_utts = [u for p in config.data.valid for u in read_manifest(p) if u.text]
+    log.info("fine-tuning on %d utterances (%.2f h of labels)", len(train_utts),
+             sum(u.duration for u in train_utts) / 3600)
+    torch.manual_seed(config.run.seed)
+    task = CtcTask(config)
+    return train(task, config, config.data, config.optim, config.run, train_utts, valid_utts, resume=resume)

@@ -1,0 +1,212 @@
+"""Speech-to-text: decoding, LM, timestamps, chunking, fine-tuning and evaluation."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from speechssl.decode.align import word_timestamps
+from speechssl.decode.chunks import FRAME_SAMPLES, windows
+from speechssl.decode.ctc import BeamDecoder, BeamSettings, DecodeError, encode_text, greedy_decode
+from speechssl.decode.ngram import build_arpa, write_arpa
+from speechssl.models.heads import CHAR_VOCAB as V
+
+BLANK, SEP = 0, V.index("|")
+
+
+def emission(path: list, peak: float = 0.0, floor: float = -12.0) -> torch.Tensor:
+    """(frames, vocab) log-probs; each frame puts its mass on one label (a char, "|" or blank)."""
+    ids = [BLANK if p is None else SEP if p == " " else V.index(p) for p in path]
+    e = torch.full((len(ids), len(V)), floor)
+    e[range(len(ids)), ids] = peak
+    return e.log_softmax(-1)
+
+
+# "hello world": the double l needs a blank between, repeats merge, blanks vanish.
+HELLO = [None, "h", "h", "e", None, "l", None, "l", "o", "o", " ", None, "w", "o", "r", "r", "l", "d", None]
+
+
+def test_greedy_merges_repeats_drops_blanks_keeps_double_letters():
+    assert greedy_decode(emission(HELLO), V) == "hello world"
+
+
+def test_greedy_apostrophes_and_boundaries():
+    path = [" ", "d", "o", "n", "'", "t", None, " ", " ", "g", "o", " "]
+    assert greedy_decode(emission(path), V) == "don't go"
+    assert greedy_decode(emission([None] * 5), V) == ""
+
+
+def test_beam_agrees_with_greedy_on_peaked_emissions():
+    decoder = BeamDecoder(V, BeamSettings(beam_size=8))
+    assert decoder(emission(HELLO)) == "hello world"
+
+
+def test_beam_with_lm_resolves_an_ambiguous_vowel(tmp_path):
+    # "the c?t sat": the acoustics cannot tell a from o; an LM that knows "the cat" can.
+    lm = tmp_path / "lm.arpa"
+    write_arpa(["the cat sat on the mat", "the cat sat", "a cat sat there"] * 5, lm, order=3)
+    path = ["t", "h", "e", " ", "c", "a", "t", " ", "s", "a", "t"]
+    e = emission(path)
+    e[5] = torch.full((len(V),), -12.0)
+    e[5, V.index("a")] = e[5, V.index("o")] = 0.0
+    e = e.log_softmax(-1)
+    e[5, V.index("o")] += 1e-3  # the acoustics lean, barely, the wrong way
+    assert BeamDecoder(V, BeamSettings(beam_size=16))(e) == "the cot sat"
+    assert BeamDecoder(V, BeamSettings(beam_size=16, lm=str(lm), lm_weight=1.0))(e) == "the cat sat"
+
+
+def test_arpa_probabilities_sum_to_one(tmp_path):
+    arpa = build_arpa(["a b c", "a b d", "b c a", "c c"], order=2)
+    probs, backoff, section = {}, {}, None
+    for line in arpa.splitlines():
+        if line.endswith("-grams:"):
+            section = int(line[1])
+        elif section and line.strip() and not line.startswith("\\"):
+            parts = line.split("\t")
+            probs[tuple(parts[1].split())] = 10 ** float(parts[0])
+            if len(parts) > 2:
+                backoff[tuple(parts[1].split())] = 10 ** float(parts[2])
+    vocab = [g[0] for g in probs if len(g) == 1 and g[0] != "<s>"]
+    assert math.isclose(sum(probs[(w,)] for w in vocab), 1.0, abs_tol=1e-5)
+    for history in ("a", "b", "<s>"):
+        total = sum(probs.get((history, w), backoff[(history,)] * probs[(w,)]) for w in vocab)
+        assert math.isclose(total, 1.0, abs_tol=1e-5)
+    with pytest.raises(ValueError):
+        build_arpa(["", "  "], order=2)
+
+
+def test_decoder_bad_settings(tmp_path):
+    with pytest.raises(DecodeError, match="lm file not found"):
+        BeamDecoder(V, BeamSettings(lm=str(tmp_path / "missing.arpa")))
+    with pytest.raises(DecodeError):
+        BeamDecoder(["a", "b"])
+    with pytest.raises(DecodeError, match="not in the vocabulary"):
+        encode_text("naïve", V)
+
+
+def test_word_timestamps_monotone_inside_audio():
+    e = emission(HELLO)
+    words = word_timestamps(e, "hello world", V)
+    assert [w.text for w in words] == ["hello", "world"]
+    duration = len(HELLO) * 0.02
+    assert 0 <= words[0].start < words[0].end <= words[1].start < words[1].end <= duration
+    # "h" is first emitted in frame 1, "d" last in frame 17.
+    assert words[0].start == pytest.approx(0.02) and words[1].end == pytest.approx(0.36)
+    with pytest.raises(ValueError, match="needs"):
+        word_timestamps(emission(["a", "b"]), "a much longer transcript", V)
+    assert word_timestamps(e, "", V) == []
+
+
+@pytest.mark.parametrize("seconds", [0.03, 1.0, 29.99, 30.0, 30.02, 61.3, 95.0, 600.0])
+def test_chunk_windows_tile_every_frame_once(seconds):
+    n = int(seconds * 16000)
+    total = (n - 400) // FRAME_SAMPLES + 1
+    chunk, context = 30 * 16000, 3 * 16000
+    covered = []
+    for w in windows(n, total, chunk, context):
+        assert 0 <= w.start < w.end <= n and w.end - w.start <= chunk
+        window_frames = (w.end - w.start - 400) // FRAME_SAMPLES + 1
+        assert w.keep_from + w.keep <= window_frames  # the window really produces what is kept
+        first = w.start // FRAME_SAMPLES + w.keep_from
+        covered.extend(range(first, first + w.keep))
+    assert covered == list(range(total))
+
+
+@pytest.fixture(scope="module")
+def ctc_checkpoint(tmp_path_factory):
+    """One real fine-tuning run: 4 steps of the tiny preset on the synthetic fixture speech."""
+    from speechssl.train.ctc import run_finetune_ctc
+    from tests.conftest import FIXTURES
+
+    root = tmp_path_factory.mktemp("ctc")
+    rows = [{"id": f"u{i}", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hello world"}
+            for i in range(4)]
+    manifest = root / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_finetune_ctc(None, [
+        "model.preset=tiny", "data.crop_seconds=null", f"data.train=[{manifest}]", f"data.valid=[{manifest}]", "data.max_batch_seconds=2",
+        "optim.max_steps=4", "optim.warmup_steps=1", "freeze_transformer_steps=2", f"run.out_dir={root / 'run'}",
+        "run.valid_every=2", "run.checkpoint_every=2", "run.progress=false",
+    ])
+    assert summary.step == 4
+    return root / "run" / "best.safetensors", manifest
+
+
+def test_finetune_writes_a_loadable_ctc_checkpoint(ctc_checkpoint):
+    import speechssl
+    from speechssl.checkpoint import load_checkpoint
+
+    path, _ = ctc_checkpoint
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata["vocab"] == V and ckpt.metadata["kind"] == "ctc"
+    model = speechssl.load(path, device="cpu")
+    assert model.heads == ["embeddings", "ctc"]
+    curves = path.parent / "curves.png"
+    assert curves.stat().st_size > 1000
+    valid = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    assert {"wer", "cer"} <= set(next(r for r in valid if r["split"] == "valid"))
+
+
+def test_transcribe_returns_words_inside_the_audio(ctc_checkpoint):
+    import speechssl
+    from tests.conftest import FIXTURES
+
+    model = speechssl.load(ctc_checkpoint[0], device="cpu")
+    wave = np.tile(speechssl.api.load_audio(FIXTURES / "speech.wav"), 5)  # 5 s
+    one = model.transcribe(wave, sample_rate=16000)
+    assert one.duration == pytest.approx(5.0)
+    for a, b in zip(one.words, one.words[1:]):
+        assert a.start <= a.end <= b.start
+    assert all(0 <= w.start <= w.end <= one.duration for w in one.words)
+    model.chunk_seconds, model.chunk_context = 2.0, 0.5  # the same clip, now in windows
+    chunked = model.transcribe(wave, sample_rate=16000)
+    assert model.emissions([wave])[0].shape[0] == int(model.encoder.frame_lengths(torch.tensor([len(wave)])))
+    assert isinstance(chunked.text, str)
+    batch = model.transcribe([wave[:16000], wave], sample_rate=16000)
+    assert len(batch) == 2 and batch[0].duration == pytest.approx(1.0)
+
+
+def test_evaluate_asr_cli_prints_json(ctc_checkpoint):
+    path, manifest = ctc_checkpoint
+    out = subprocess.run([sys.executable, "-m", "speechssl.cli", "evaluate", "asr", "--checkpoint", str(path),
+                          "--manifest", str(manifest)], capture_output=True, text=True, check=True)
+    scores = json.loads(out.stdout)
+    assert scores["utterances"] == 4 and scores["audio_seconds"] == pytest.approx(4.0)
+    assert scores["cer"] >= 0 and scores["wer"] >= 0 and scores["real_time_factor"] > 0  # insertions can pass 1
+
+
+def test_transcribe_errors(ctc_checkpoint, tiny_checkpoint, tmp_path):
+    import speechssl
+    from speechssl.api import HeadMissingError
+    from speechssl.audio import AudioError
+
+    with pytest.raises(HeadMissingError, match="no CTC"):
+        speechssl.load(tiny_checkpoint, device="cpu").transcribe(np.zeros(16000, dtype=np.float32), 16000)
+    model = speechssl.load(ctc_checkpoint[0], device="cpu")
+    with pytest.raises(AudioError):
+        model.transcribe(b"not audio at all")
+    with pytest.raises(AudioError):
+        model.transcribe(np.zeros(10, dtype=np.float32), 16000)
+    bad = subprocess.run([sys.executable, "-m", "speechssl.cli", "transcribe", "--checkpoint", str(tiny_checkpoint),
+                          str(tmp_path / "x.wav")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error" in bad.stderr
+    missing_lm = subprocess.run([sys.executable, "-m", "speechssl.cli", "evaluate", "asr", "--checkpoint",
+                                 str(ctc_checkpoint[0]), "--manifest", str(ctc_checkpoint[1]), "--lm", "nope.arpa"],
+                                capture_output=True, text=True)
+    assert missing_lm.returncode == 2 and "lm file not found" in missing_lm.stderr
+
+
+def test_config_errors():
+    from speechssl.config import ConfigError, load_config
+    from speechssl.train.ctc import CtcConfig
+
+    with pytest.raises(ConfigError, match="crop_seconds"):
+        load_config(CtcConfig, None, ["data.train=[x.jsonl]", "data.crop_seconds=4"])
+    with pytest.raises(ConfigError, match="data.train"):
+        load_config(CtcConfig, None, [])
+    with pytest.raises(ConfigError, match="fine-tuning keys"):
+        load_config(CtcConfig, None, ["data.train=[x.jsonl]", "init_from=a.safetensors", "model.num_layers=3"])

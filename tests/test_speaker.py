@@ -1,0 +1,363 @@
+"""Speaker head, AAM loss, verification metrics, the speaker API/CLI and train-speaker (tiny model)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.nn import functional as F
+
+import speechssl
+from speechssl.api import HeadMissingError
+from speechssl.audio import AudioDecodeError, AudioInvalidError, AudioTooShortError
+from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from speechssl.cli import main
+from speechssl.config import ConfigError
+from speechssl.metrics import eer, min_dcf
+from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead
+from speechssl.verification import TrialError, Verification, make_trials, read_trials
+from tests.conftest import require_fsdd
+
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def head_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny random encoder plus a random speaker head and a stored threshold."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    torch.manual_seed(3)
+    head = SpeakerHead(ckpt.model_config.hidden_size, ckpt.model_config.num_layers, dim=32, channels=16)
+    state = {**ckpt.state_dict, **{f"speaker_head.{k}": v for k, v in head.state_dict().items()}}
+    metadata = {**ckpt.metadata, "speaker_head": head.config(), "speaker_threshold": THRESHOLD}
+    path = tmp_path_factory.mktemp("speaker") / "head.safetensors"
+    save_checkpoint(path, Checkpoint(state, ckpt.model_config, metadata))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(head_checkpoint):
+    return speechssl.load(head_checkpoint, device="cpu")
+
+
+def waves(*seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal(int(s * 16000)) * 0.1).astype(np.float32) for s in seconds]
+
+
+# --- head and loss -------------------------------------------------------------------
+
+
+def test_pooling_ignores_padding_batch_equals_items():
+    torch.manual_seed(0)
+    head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6).eval()
+    lengths = torch.tensor([7, 3, 5])
+    states = torch.randn(3, 7, 3, 12)
+    states[1, 3:] = 1e3  # padding content must not matter
+    states[2, 5:] = float("nan")
+    batch = head(states, lengths)
+    for row, n in enumerate(lengths.tolist()):
+        alone = head(states[row : row + 1, :n], lengths[row : row + 1])
+        torch.testing.assert_close(batch[row], alone[0], atol=1e-5, rtol=1e-5)
+    assert batch.shape == (3, 8) and torch.isfinite(batch).all()
+
+
+def test_attentive_stats_of_one_frame_and_of_constant_frames():
+    pooling = AttentiveStatsPooling(4, 3)
+    x = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [9.0, 9.0, 9.0, 9.0]]])
+    stats = pooling(x, torch.tensor([[True, False]]))
+    torch.testing.assert_close(stats[0, :4], x[0, 0])  # the one valid frame is the mean
+    assert torch.all(stats[0, 4:] < 0.01)  # and its spread is ~0
+    with pytest.raises(ValueError, match="at least one valid frame"):
+        pooling(x, torch.tensor([[False, False]]))
+
+
+def test_layer_weights_are_a_softmax_over_the_layers():
+    head = SpeakerHead(hidden_size=8, num_layers=3)
+    assert head.layer_weights.shape == (4,)
+    torch.testing.assert_close(head.layer_weights.sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="weights 4 hidden states, got 3"):
+        head(torch.randn(1, 5, 3, 8), torch.tensor([5]))
+
+
+def test_aam_without_margin_is_scaled_cosine_cross_entropy():
+    torch.manual_seed(0)
+    aam = AamSoftmax(dim=6, num_classes=4, margin=0.0, scale=30.0)
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    cosine = F.normalize(x) @ F.normalize(aam.weight).T
+    torch.testing.assert_close(aam(x, y), F.cross_entropy(30.0 * cosine, y), atol=1e-5, rtol=1e-5)
+
+
+def test_aam_margin_penalises_the_true_class():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    plain, margin = AamSoftmax(6, 4, margin=0.0), AamSoftmax(6, 4, margin=0.2)
+    margin.weight.data.copy_(plain.weight.data)
+    assert margin(x, y) > plain(x, y)
+    # An embedding on its class centre: cos(theta)=1, target logit s*cos(m); gradients stay finite.
+    on_centre = margin.weight.detach()[:2].clone().requires_grad_()
+    loss = margin(on_centre, torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(on_centre.grad).all()
+    cosine = (F.normalize(on_centre) @ F.normalize(margin.weight).T).detach()
+    logits = cosine * 30
+    logits[0, 0], logits[1, 1] = 30 * math.cos(0.2), 30 * math.cos(0.2)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits, torch.tensor([0, 1])), atol=1e-4, rtol=1e-4)
+
+
+def test_aam_learns_separable_classes():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(3, 8)) * 3
+    x = centres.repeat(20, 1) + 0.3 * torch.randn(60, 8)
+    y = torch.arange(3).repeat(20)
+    aam = AamSoftmax(8, 3, margin=0.2, scale=30.0)
+    opt = torch.optim.Adam(aam.parameters(), lr=0.05)
+    first = float(aam(x, y).detach())
+    for _ in range(50):
+        opt.zero_grad()
+        loss = aam(x, y)
+        loss.backward()
+        opt.step()
+    assert float(loss) < first / 5
+    assert (aam.cosine(x).argmax(-1) == y).all()
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_eer_and_min_dcf_hand_computed():
+    # targets 0.9 0.8 0.7 0.3, non-targets 0.6 0.4 0.2 0.1: at threshold 0.6 one target of four is
+    # missed (0.3) and one non-target of four accepted (0.6), so EER = 0.25 there exactly.
+    scores = [0.9, 0.8, 0.7, 0.3, 0.6, 0.4, 0.2, 0.1]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    rate, threshold = eer(scores, labels)
+    assert rate == pytest.approx(0.25) and threshold == pytest.approx(0.6)
+    # p_target 0.5: min over t of P_miss + P_fa (normalised by 0.5) = 0.25 at t=0.7.
+    assert min_dcf(scores, labels, p_target=0.5) == pytest.approx(0.25)
+    # p_target 0.01: (0.01 P_miss + 0.99 P_fa) / 0.01; no false alarm at t=0.7 costs 0.25.
+    assert min_dcf(scores, labels) == pytest.approx(0.25)
+    assert min_dcf(scores, labels, p_target=0.5, c_fa=10) == pytest.approx(0.25)
+
+
+def test_eer_interpolates_between_operating_points():
+    # targets 0.9 0.8 0.4, non-targets 0.5 0.3: from t=0.5 (miss 1/3, fa 1/2) to t=0.8 (1/3, 0)
+    # the rates cross at 1/3, a third of the way: threshold 0.6.
+    rate, threshold = eer([0.9, 0.8, 0.4, 0.5, 0.3], [1, 1, 1, 0, 0])
+    assert rate == pytest.approx(1 / 3) and threshold == pytest.approx(0.6)
+
+
+def test_eer_extremes():
+    assert eer([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])[0] == 0.0
+    assert min_dcf([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 0.0
+    assert eer([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0])[0] == pytest.approx(1.0)
+    assert eer([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0])[0] == pytest.approx(0.5)
+
+
+def test_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="both target"):
+        eer([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="differ in length"):
+        eer([0.1, 0.2, 0.3], [1, 0])
+    with pytest.raises(ValueError, match="labels must be 0"):
+        min_dcf([0.1, 0.2], [1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        eer([0.1, float("nan")], [1, 0])
+    with pytest.raises(ValueError, match="p_target"):
+        min_dcf([0.1, 0.2], [1, 0], p_target=1.0)
+
+
+def test_trials_all_same_pairs_and_as_many_different():
+    speakers = ["a", "a", "a", "b", "b", "c"]
+    trials = make_trials(speakers, seed=1)
+    same, different = trials[trials[:, 2] == 1], trials[trials[:, 2] == 0]
+    assert {tuple(t) for t in same[:, :2]} == {(0, 1), (0, 2), (1, 2), (3, 4)}
+    assert len(different) == 4 and len({tuple(t) for t in different[:, :2]}) == 4
+    assert all(speakers[a] != speakers[b] for a, b in different[:, :2])
+    np.testing.assert_array_equal(trials, make_trials(speakers, seed=1))
+    with pytest.raises(TrialError, match="at least two speakers"):
+        make_trials(["a", "a"])
+    with pytest.raises(TrialError, match="two or more utterances"):
+        make_trials(["a", "b"])
+
+
+def test_trial_file(tmp_path):
+    from speechssl.data.manifest import Utterance
+
+    utts = [Utterance(f"u{i}", f"/x/u{i}.wav", 1.0, speaker=s) for i, s in enumerate("aab")]
+    path = tmp_path / "trials.txt"
+    path.write_text("1 u0 u1\nnontarget u0 /x/u2.wav\n")
+    np.testing.assert_array_equal(read_trials(path, utts), [[0, 1, 1], [0, 2, 0]])
+    path.write_text("1 u0 u1\nmaybe u0 u2\n")
+    with pytest.raises(TrialError, match=r"trials.txt:2: expected 'LABEL A B'"):
+        read_trials(path, utts)
+    path.write_text("1 u0 nobody\n")
+    with pytest.raises(TrialError, match="'nobody' is not an id or path"):
+        read_trials(path, utts)
+
+
+# --- API -------------------------------------------------------------------------------
+
+
+def test_speaker_vector_unit_length_and_batch_equals_items(model):
+    items = waves(1.0, 0.4, 2.3)
+    batch = model.speaker_vector(items, sample_rate=16000)
+    assert [v.shape for v in batch] == [(32,)] * 3 and batch[0].dtype == np.float32
+    for vector, wave in zip(batch, items):
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(vector, model.speaker_vector(wave, sample_rate=16000), atol=1e-5)
+
+
+def test_long_audio_is_pooled_over_chunks(head_checkpoint):
+    model = speechssl.load(head_checkpoint, device="cpu")
+    wave = waves(3.0)[0]
+    whole = model.speaker_vector(wave, sample_rate=16000)
+    model.chunk_seconds = 1.0  # three 1 s pieces, averaged by frames
+    pieces = model.speaker_vector(np.array_split(wave, 3), sample_rate=16000)
+    chunked = model.speaker_vector(wave, sample_rate=16000)
+    expected = np.mean(pieces, axis=0)
+    np.testing.assert_allclose(chunked, expected / np.linalg.norm(expected), atol=1e-5)
+    assert np.dot(chunked, whole) > 0.5
+
+
+def test_verify_uses_the_stored_threshold(model):
+    clip = sorted(require_fsdd().glob("*.wav"))[0]
+    other = sorted(require_fsdd().glob("*.wav"))[60]
+    same = model.verify(str(clip), str(clip))
+    assert isinstance(same, Verification) and same.threshold == THRESHOLD
+    assert same.score == pytest.approx(1.0, abs=1e-5) and same.same_speaker
+    result = model.verify(str(clip), other.read_bytes())
+    assert result.same_speaker == (result.score >= THRESHOLD) and -1 <= result.score <= 1
+
+
+def test_speaker_api_bad_inputs(model, tiny_checkpoint):
+    with pytest.raises(AudioTooShortError):
+        model.speaker_vector(np.zeros(100, np.float32), sample_rate=16000)
+    with pytest.raises(AudioDecodeError):
+        model.speaker_vector(b"")
+    with pytest.raises(AudioInvalidError):
+        model.verify(np.full(16000, np.nan, np.float32), waves(1.0)[0], sample_rate=16000)
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        model.speaker_vector(waves(1.0)[0])
+    plain = speechssl.load(tiny_checkpoint, device="cpu")
+    assert plain.heads == ["embeddings"] and plain.speaker_threshold is None
+    with pytest.raises(HeadMissingError, match="has no speaker head; it holds: embeddings"):
+        plain.speaker_vector(waves(1.0)[0], sample_rate=16000)
+    with pytest.raises(HeadMissingError, match="has no speaker head"):
+        plain.verify("a.wav", "b.wav")
+
+
+def test_checkpoint_problems_are_named(head_checkpoint, tmp_path):
+    ckpt = load_checkpoint(head_checkpoint)
+    no_settings = tmp_path / "no-settings.safetensors"
+    save_checkpoint(no_settings, Checkpoint(ckpt.state_dict, ckpt.model_config, {"speaker_threshold": 0.3}))
+    with pytest.raises(CheckpointError, match=r"speaker head without its settings"):
+        speechssl.load(no_settings)
+    no_threshold = tmp_path / "no-threshold.safetensors"
+    metadata = {k: v for k, v in ckpt.metadata.items() if k != "speaker_threshold"}
+    save_checkpoint(no_threshold, Checkpoint(ckpt.state_dict, ckpt.model_config, metadata))
+    model = speechssl.load(no_threshold, device="cpu")
+    assert model.heads == ["embeddings", "speaker"]
+    with pytest.raises(HeadMissingError, match="no speaker_threshold"):
+        model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000)
+
+
+# --- CLI and training -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digit_manifests(tmp_path_factory) -> tuple[Path, Path]:
+    """Spoken digits of the four FSDD speakers: digits 0-7 to train, 8-9 to validate (same voices:
+    a plumbing test, not a held-out figure)."""
+    root = require_fsdd()
+    out = tmp_path_factory.mktemp("digits")
+    rows: dict[str, list[dict]] = {"train": [], "valid": []}
+    for path in sorted(root.glob("*.wav")):
+        digit, speaker, take = path.stem.split("_")
+        if int(take) < 3:
+            split = "valid" if int(digit) >= 8 else "train"
+            rows[split].append({"id": path.stem, "path": str(path), "duration": sf.info(path).duration,
+                                "speaker": speaker})
+    for split, items in rows.items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return out / "train.jsonl", out / "valid.jsonl"
+
+
+def test_cli_vector_verify_and_evaluate(head_checkpoint, digit_manifests, capsys):
+    clips = sorted(require_fsdd().glob("*.wav"))[:2]
+    assert main(["speaker-vector", "--checkpoint", str(head_checkpoint), *map(str, clips)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["dim"] for line in lines] == [32, 32] and len(lines[0]["embedding"]) == 32
+    assert main(["verify", "--checkpoint", str(head_checkpoint), str(clips[0]), str(clips[0])]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["threshold"] == THRESHOLD and verdict["same_speaker"] is True
+    assert main(["evaluate", "speaker", "--checkpoint", str(head_checkpoint), "--manifest",
+                 str(digit_manifests[1]), "--per-speaker", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["utterances"] == 16 and report["speakers"] == 4
+    assert report["target_trials"] == 4 * 6 == report["nontarget_trials"] and report["trials"] == 48
+    assert 0 <= report["eer"] <= 1 and report["threshold"] == THRESHOLD
+    assert set(report["baselines"]) == {"mean_pooled", "mean_pooled_eer_by_layer", "mfcc_mean"}
+    assert report["baselines"]["mean_pooled"]["layer"] == 2
+
+
+def test_cli_errors_are_one_line(tiny_checkpoint, head_checkpoint, tmp_path, capsys):
+    clip = str(sorted(require_fsdd().glob("*.wav"))[0])
+    assert main(["verify", "--checkpoint", str(tiny_checkpoint), clip, clip]) == 2
+    assert "has no speaker head" in capsys.readouterr().err
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"id": "a", "path": clip, "duration": 0.5, "speaker": "x"}) + "\n")
+    assert main(["evaluate", "speaker", "--checkpoint", str(head_checkpoint), "--manifest", str(one)]) == 2
+    assert "at least two speakers" in capsys.readouterr().err
+    assert main(["train-speaker", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from speechssl.config import load_config
+    from speechssl.train.speaker import SpeakerConfig
+
+    with pytest.raises(ConfigError, match="crop_seconds"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "crop_seconds=[4,2]"])
+    with pytest.raises(ConfigError, match="unknown config key head.dims"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.dims=3"])
+    with pytest.raises(ConfigError, match="speaker_id_pattern needs a group"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "speaker_id_pattern=abc"])
+
+
+def train_args(checkpoint: Path, manifests: tuple[Path, Path], out: Path, steps: int) -> list[str]:
+    return [f"init_from={checkpoint}", f"data.train=[{manifests[0]}]", f"data.valid=[{manifests[1]}]",
+            "data.min_seconds=0.1", f"run.out_dir={out}", f"optim.max_steps={steps}", "optim.warmup_steps=2",
+            "optim.final_lr_scale=1.0",  # a flat rate after warm-up: a 4-step run is the first half of an 8-step one
+            "run.valid_every=4", "run.checkpoint_every=4", "run.progress=false", "batch_size=16", "per_speaker=12",
+            "head.dim=16", "head.channels=8", "head.margin_warmup_steps=4", "crop_seconds=[0.3,0.6]"]
+
+
+def test_train_speaker_stores_threshold_and_resumes(tiny_checkpoint, digit_manifests, tmp_path, capsys):
+    config = tmp_path / "speaker.yaml"
+    config.write_text("augment:\n  speeds: [0.9, 1.0]\n")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train-speaker", str(config), *train_args(tiny_checkpoint, digit_manifests, whole, 8)]) == 0
+    out = capsys.readouterr().out  # "step N: valid ..." lines, then the summary
+    summary = json.loads(out[out.index("{\n"):])
+    assert summary["step"] == 8
+    # The threshold of the best validation EER travels with best.safetensors and back through load().
+    best = load_checkpoint(whole / "best.safetensors")
+    assert best.metadata["speaker_threshold"] == pytest.approx(summary["best"]["threshold"])
+    assert best.metadata["speaker_head"]["dim"] == 16
+    assert not any(k.startswith("aam.") for k in best.state_dict)
+    model = speechssl.load(whole / "best.safetensors", device="cpu")
+    assert model.heads == ["embeddings", "speaker"]
+    assert model.speaker_threshold == pytest.approx(summary["best"]["threshold"])
+    assert model.verify(waves(1.0)[0], waves(1.2)[0], sample_rate=16000).threshold == model.speaker_threshold
+    valid_rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["split"] == "valid"]
+    assert [r["step"] for r in valid_rows] == [4, 8] and (whole / "curves.png").is_file()
+    # Stopped at 4 then resumed to 8 (reusing the cached features): the same head as straight through.
+    assert main(["train-speaker", str(config), *train_args(tiny_checkpoint, digit_manifests, parts, 4)]) == 0
+    assert main(["train-speaker", str(config), *train_args(tiny_checkpoint, digit_manifests, parts, 8), "--resume"]) == 0
+    capsys.readouterr()
+    a, b = load_checkpoint(whole / "checkpoint.safetensors"), load_checkpoint(parts / "checkpoint.safetensors")
+    for key in (k for k in a.state_dict if k.startswith("speaker_head.")):
+        torch.testing.assert_close(a.state_dict[key], b.state_dict[key])
+    assert len(list(parts.glob("bank-*.pt"))) == 1
