@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,7 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
         if rank == 0 and valid is not None and (step % run.valid_every == 0 or last):
             scores = task.evaluate(valid)
             metrics.write(step, "valid", scores)
-            bar.write(f"step {step}: valid " + " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+            bar.write(f"step {step}: valid " + " ".join(f"{k}={v:.4g}" for k, v in scores.items()), file=sys.stderr)
             key = task.selection_metric
             if key in scores and (not best or scores[key] < best[key]):
                 best = {**scores, "step": step}
@@ -250,7 +251,7 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
         if world > 1:
             dist.barrier()
         if out_of_time:
-            bar.write(f"stopping at step {step}: run.max_minutes={run.max_minutes} reached (resume with --resume)")
+            bar.write(f"stopping at step {step}: run.max_minutes={run.max_minutes} reached (resume with --resume)", file=sys.stderr)
             break
     bar.close()
     wall = time.monotonic() - start
