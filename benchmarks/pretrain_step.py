@@ -16,6 +16,7 @@ for both so that every step does the same work. Timed interleaved, median over r
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -51,8 +52,8 @@ def build(preset: str, device: torch.device):
     return cfg, ours, hf
 
 
-def optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+def optimizer(model: torch.nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=fused)
 
 
 def ours_step(model, opt, waves, lengths, seed: list[int], autocast):
@@ -102,10 +103,15 @@ def run(preset: str, args, device: torch.device) -> dict:
     opt_ours, opt_hf = optimizer(ours), optimizer(hf)
     seed = [0]
     print(f"{preset}: batch {batch} x {seconds:g} s, device {device}{', bf16 autocast' if use_bf16 else ', fp32'}", flush=True)
-    timings = interleaved({
+    systems = {
         "speechssl": lambda: ours_step(ours, opt_ours, waves, lengths, seed, autocast),
         "transformers": lambda: hf_step(hf, opt_hf, waves_hf, cfg, autocast),
-    }, repeats=args.repeats, device=device, warmup=1)
+    }
+    if args.fused_adamw:  # what speechssl's loop would gain from AdamW(fused=True)
+        twin = copy.deepcopy(ours)
+        opt_twin = optimizer(twin, fused=True)
+        systems["speechssl, fused AdamW"] = lambda: ours_step(twin, opt_twin, waves, lengths, seed, autocast)
+    timings = interleaved(systems, repeats=args.repeats, device=device, warmup=1)
     rows = []
     for name, t in timings.items():
         rows.append({"preset": preset, "system": name, "batch": f"{batch} x {seconds:g} s",
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=4.0, help="clip length (speechssl's default crop)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--no-fused-adamw", dest="fused_adamw", action="store_false",
+                        help="skip the extra speechssl row with AdamW(fused=True)")
     parser.add_argument("--out", default="runs/benchmarks/pretrain_step.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

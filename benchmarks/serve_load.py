@@ -3,12 +3,13 @@
     python benchmarks/serve_load.py --checkpoint runs/pretrain-small/best.safetensors \\
         --route embeddings --clients 16 --seconds 20 --json runs/serve_load.json
 
-For each configuration (the default batcher, then ``max_batch_items=1``) it starts a server
-(uvicorn on a free loopback port, one worker), runs ``--clients`` concurrent clients for
-``--seconds`` that post real audio round-robin, and reports requests/s, audio-seconds/s,
-latency percentiles, errors and the server's peak RSS. Then it runs the same clips through
-the model in-process (``SpeechModel.embed`` / ``transcribe`` in batches) and reports the
-server's audio-seconds/s as a fraction of that offline throughput.
+It starts two servers (uvicorn on free loopback ports, one worker each): the default batcher
+and ``max_batch_items=1``. ``--clients`` concurrent clients post real audio round-robin to
+each for ``--seconds`` in all, the configurations (and the offline run) taking turns over
+``--rounds``; it reports requests/s, audio-seconds/s, latency percentiles, errors, mean batch
+size and the server's peak RSS. The offline run puts the same clips through the model
+in-process (``SpeechModel.embed`` / ``transcribe`` in batches); the batched server's
+audio-seconds/s is reported as a fraction of it.
 
 ``--url`` targets a running server instead (one configuration; no RSS). The load side needs
 only httpx and the standard library (clips are WAV files); the servers it starts and the
@@ -37,17 +38,15 @@ ROUTES = {"embeddings": "/v1/embeddings", "transcriptions": "/v1/audio/transcrip
 DEFAULT_AUDIO = [ROOT / "runs/corpus/test.jsonl", ROOT.parent / "shared/data/fsdd/recordings"]
 
 
-def find_clips(source: Path | None, count: int) -> list[Path]:
-    """WAV files from a JSONL manifest (paths relative to it) or a folder."""
+def find_clips(source: Path | None, count: int) -> list[tuple[Path, float]]:
+    """(audio file, seconds) from a JSONL manifest (paths relative to it) or a folder of wavs."""
     source = source or next((p for p in DEFAULT_AUDIO if p.exists()), None)
     if source is None:
         sys.exit("no audio: pass --audio MANIFEST.jsonl or a folder of wavs")
-    if source.suffix == ".jsonl":
+    if source.suffix == ".jsonl":  # any format the server decodes; the manifest knows durations
         rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-        paths = [source.parent / row["path"] for row in rows]
-    else:
-        paths = sorted(source.glob("*.wav"))
-    return paths[:count]
+        return [(source.parent / row["path"], float(row["duration"])) for row in rows][:count]
+    return [(path, wav_seconds(path)) for path in sorted(source.glob("*.wav"))[:count]]
 
 
 def wav_seconds(path: Path) -> float:
@@ -132,7 +131,8 @@ class Tally:
 
 async def load(url: str, route: str, clips: list[tuple[str, bytes, float]], clients: int, seconds: float,
                api_key: str | None, tally: Tally) -> None:
-    """``clients`` loops that each post the next clip as soon as their last answer came."""
+    """``clients`` loops that each post the next clip as soon as their last answer came; what is
+    answered within ``seconds`` counts."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     position = 0
@@ -147,15 +147,18 @@ async def load(url: str, route: str, clips: list[tuple[str, bytes, float]], clie
                 status = str((await http.post(route, files={"file": (name, data, "audio/wav")})).status_code)
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
+            finished = time.monotonic()
+            if finished > stop_at:
+                break  # answered after the window: waited for (so it does not spill into the next run), not counted
             tally.statuses[status] = tally.statuses.get(status, 0) + 1
             if status == "200":
-                tally.latencies.append(time.monotonic() - started)
+                tally.latencies.append(finished - started)
                 tally.audio_seconds += duration
 
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as http:
-        started = time.monotonic()
-        await asyncio.gather(*[client(http, started + seconds) for _ in range(clients)])
-        tally.elapsed += time.monotonic() - started  # includes the requests in flight at the deadline
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*[client(http, stop_at) for _ in range(clients)])
+    tally.elapsed += seconds
 
 
 def batch_sizes(url: str) -> float | None:
@@ -177,7 +180,7 @@ class Offline:
         from speechssl.audio import load_audio
 
         self.model = speechssl.load(checkpoint, device)
-        self.model.max_batch_seconds = Settings().max_batch_seconds
+        self.model.max_batch_seconds = Settings().batch_seconds(self.model.device.type)  # as the server does
         self.waves = [load_audio(p) for p in paths]
         self.method = self.model.embed if route == "embeddings" else self.model.transcribe
         self.method(self.waves[:4], sample_rate=SAMPLE_RATE)  # warm-up
@@ -217,8 +220,7 @@ def main() -> None:
     if not (args.url or args.checkpoint):
         parser.error("pass --checkpoint (or --url of a running server)")
 
-    paths = find_clips(args.audio, args.clips)
-    clips = [(p.name, p.read_bytes(), wav_seconds(p)) for p in paths]
+    clips = [(p.name, p.read_bytes(), seconds) for p, seconds in find_clips(args.audio, args.clips)]
     route = ROUTES[args.route]
     report = {"route": route, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
               "device": args.device, "checkpoint": args.checkpoint, "clips": len(clips),

@@ -59,11 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device)
-        model.max_batch_seconds = settings.max_batch_seconds
+        model.max_batch_seconds = settings.batch_seconds(model.device.type)
         await asyncio.to_thread(warm_up, model)
         app.state.model = model
         app.state.batcher = Batcher(
-            run_batch(model), max_batch_seconds=settings.max_batch_seconds, max_batch_items=settings.max_batch_items,
+            run_batch(model), max_batch_seconds=model.max_batch_seconds, max_batch_items=settings.max_batch_items,
             max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=app.state.metrics.observe_batch,
         )
         app.state.batcher.start()

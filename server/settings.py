@@ -16,9 +16,14 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="when set, requests need 'Authorization: Bearer <key>'")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
     max_audio_seconds: float = Field(600.0, gt=0)
-    max_batch_seconds: float = Field(120.0, gt=0, description="padded audio seconds per device batch")
+    max_batch_seconds: float | None = Field(None, gt=0, description="padded audio seconds per device batch; "
+                                            "default 120 on a GPU, 32 on a CPU (where big padded batches run slower "
+                                            "than small ones: docs/benchmarks-serving.md)")
     max_batch_items: int = Field(64, ge=1, description="1 disables batching")
     max_wait_ms: float = Field(10.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 + Retry-After")
     threads: int | None = Field(None, description="torch intra-op threads")
     log_level: str = "info"
+
+    def batch_seconds(self, device_type: str) -> float:
+        return self.max_batch_seconds or (120.0 if device_type == "cuda" else 32.0)

@@ -38,9 +38,16 @@ class SpeechModel:
 
     def __init__(self, encoder: Wav2Vec2Model, metadata: dict, device: torch.device, name: str,
                  max_batch_seconds: float = 60.0, ctc_head: CtcHead | None = None,
-                 speaker_head: torch.nn.Module | None = None):
-        self.encoder = encoder.to(device).eval()
-        self.encoder.encoder.pos_conv_embed.fold_weight_norm()
+                 speaker_head: torch.nn.Module | None = None, quantize: str | None = None,
+                 precision: str = "auto"):
+        if quantize is not None and device.type != "cpu":
+            raise ValueError(f"quantize={quantize!r} is a CPU path; got device {device}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        # Fused q/k/v, folded weight norm, int8 weights if asked: built once here (see models/inference.py).
+        self.encoder = encoder.to(device).prepare_for_inference(quantize)
+        # bf16 autocast on GPU by default (design: "bf16 autocast on GPU"); fp32 on CPU.
+        self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.ctc_head = ctc_head.to(device).eval() if ctc_head is not None else None
         self.speaker_head = speaker_head.to(device).eval() if speaker_head is not None else None
         self.metadata = metadata
@@ -85,12 +92,17 @@ class SpeechModel:
         out = [f.mean(0) if pooling == "mean" else f for f in frames]
         return out[0] if single else out
 
+    def run_encoder(self, padded: torch.Tensor, lengths: torch.Tensor, num_layers: int | None = None):
+        """The encoder on one padded batch, under bf16 autocast when ``self.bf16``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.encoder(padded, lengths, num_layers=num_layers)
+
     @torch.inference_mode()
     def encode(self, waves: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
         """Frame features (T_i, dim) of one layer for each waveform, batched by length."""
         results: list[np.ndarray | None] = [None] * len(waves)
         for batch, padded, lengths in self.batches(waves):
-            out = self.encoder(padded, lengths, num_layers=layer)
+            out = self.run_encoder(padded, lengths, num_layers=layer)
             hidden = out.hidden_states[-1].float().cpu()
             for row, i in enumerate(batch):
                 results[i] = hidden[row, : int(out.lengths[row])].numpy()
@@ -145,7 +157,7 @@ class SpeechModel:
                 plan.append((i, w.keep_from, w.keep))
         log_probs: list[torch.Tensor | None] = [None] * len(pieces)
         for batch, padded, lengths in self.batches(pieces):
-            out = self.encoder(padded, lengths)
+            out = self.run_encoder(padded, lengths)
             scores = self.ctc_head(out.last).float().cpu()
             for row, j in enumerate(batch):
                 log_probs[j] = scores[row, : int(out.lengths[row])]
@@ -203,7 +215,7 @@ class SpeechModel:
         depth = None if layer_means else head.num_layers
         sums = [[0.0, 0.0, 0] for _ in waves]  # vector sum, layer-mean sum, frames
         for batch, padded, lengths in self.batches(pieces):
-            out = self.encoder(padded, lengths, num_layers=depth)
+            out = self.run_encoder(padded, lengths, num_layers=depth)
             vectors = head(out.hidden_states, out.lengths).float().cpu()
             means = None
             if layer_means:
@@ -221,8 +233,14 @@ class SpeechModel:
         return unit, [(m / f).numpy() if layer_means else None for _, m, f in sums]
 
 
-def load(path: str | Path | None = None, device: str = "auto") -> SpeechModel:
-    """Load a speechssl checkpoint (the shipped default model when ``path`` is None)."""
+def load(path: str | Path | None = None, device: str = "auto", quantize: str | None = None,
+         precision: str = "auto") -> SpeechModel:
+    """Load a speechssl checkpoint (the shipped default model when ``path`` is None).
+
+    ``quantize="int8"``: int8 weights for the encoder's matmuls (CPU; faster, slightly less
+    accurate: see docs/benchmarks.md). ``precision``: "auto" (bf16 autocast on GPU, fp32 on
+    CPU), "fp32" or "bf16".
+    """
     if path is None:
         if not DEFAULT_CHECKPOINT.is_file():
             raise CheckpointError(
@@ -251,4 +269,4 @@ def load(path: str | Path | None = None, device: str = "auto") -> SpeechModel:
             raise CheckpointError(f"{path}: bad speaker head settings {settings}: {exc}") from None
         load_into(speaker_head, ckpt.state_dict, prefix="speaker_head.", path=str(path))
     return SpeechModel(encoder, ckpt.metadata, resolve_device(device), Path(path).stem, ctc_head=ctc_head,
-                       speaker_head=speaker_head)
+                       speaker_head=speaker_head, quantize=quantize, precision=precision)

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("checkpoint", type=Path, help="speechssl checkpoint (.safetensors)")
     exp.add_argument("out_dir", type=Path, help="folder to write")
     serve = sub.add_parser("serve", help="serve a checkpoint over HTTP (FastAPI + uvicorn)",
-                           description="Serve embeddings over HTTP. Every flag can also be set with a "
+                           description="Serve embeddings, transcripts and speaker vectors over HTTP (the heads the checkpoint holds). Every flag can also be set with a "
                            "SPEECHSSL_<NAME> environment variable (e.g. SPEECHSSL_API_KEY).")
     serve.add_argument("--checkpoint", default=None, help="checkpoint to serve (default: the shipped model)")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")

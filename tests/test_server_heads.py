@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TRANSCRIBE, SPEAKER_EMBED, VERIFY = "/v1/audio/transcriptions", "/v1/speakers/embed", "/v1/speakers/verify"
 
 
-def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool) -> Path:
+def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool, threshold: float | None = 0.5) -> Path:
     """The tiny encoder plus a random CTC head (and a random speaker head when asked)."""
     ckpt = load_checkpoint(encoder_checkpoint)
     hidden = ckpt.model_config.hidden_size
@@ -38,7 +38,9 @@ def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool) -
     if speaker:
         head = heads.SpeakerHead(hidden, ckpt.model_config.num_layers)
         state.update({f"speaker_head.{k}": v for k, v in head.state_dict().items()})
-        metadata.update(speaker_head=head.config(), speaker_threshold=0.5)
+        metadata["speaker_head"] = head.config()
+        if threshold is not None:
+            metadata["speaker_threshold"] = threshold
     save_checkpoint(out, Checkpoint(state, ckpt.model_config, metadata))
     return out
 
@@ -159,6 +161,16 @@ def test_speaker_embed_and_verify(server, clips):
     same = httpx.post(server.url + VERIFY, headers=AUTH,
                       files={"file_a": ("a.wav", clips[0].read_bytes()), "file_b": ("b.wav", clips[0].read_bytes())})
     assert same.json()["score"] == pytest.approx(1.0, abs=1e-4) and same.json()["same_speaker"]
+
+
+@needs_speaker_head
+def test_verify_without_a_stored_threshold_says_so(tiny_checkpoint, tmp_path, speech):
+    path = build_heads_checkpoint(tiny_checkpoint, tmp_path / "no-threshold.safetensors", speaker=True, threshold=None)
+    with LiveServer(Settings(checkpoint=str(path), device="cpu")) as live:
+        files = {"file_a": ("a.wav", speech), "file_b": ("b.wav", speech)}
+        response = httpx.post(live.url + VERIFY, files=files)
+        assert response.status_code == 400 and "no speaker_threshold" in response.json()["error"]["message"]
+        assert httpx.post(live.url + SPEAKER_EMBED, files={"file": ("a.wav", speech)}).status_code == 200
 
 
 # --- the bad-input battery, on every new route ---------------------------------------------------------

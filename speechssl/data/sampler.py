@@ -24,7 +24,7 @@ class SecondsBatchSampler(Sampler[list[int]]):
     effective duration is `min(duration, crop_seconds)` when the dataset crops. An
     utterance whose effective duration alone exceeds `max_batch_seconds` is NOT dropped:
     it forms a batch of its own (the only case where the bound is exceeded), so
-    validation sees every file; a warning at construction says how many there are.
+    validation sees every file; when shuffling (training) a warning at construction says how many.
 
     Batches are built by sorting on duration, so similar lengths share a batch and
     padding stays small. With `shuffle`, durations are grouped into buckets about
@@ -76,7 +76,8 @@ class SecondsBatchSampler(Sampler[list[int]]):
         self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
         oversized = int((effective > self.max_batch_seconds).sum())
         if oversized:
-            log.warning("%d utterance(s) longer than max_batch_seconds=%.1f each form a batch of their own",
+            # Worth a warning when training (it breaks the batch budget); routine for inference.
+            (log.warning if shuffle else log.debug)("%d utterance(s) longer than max_batch_seconds=%.1f each form a batch of their own",
                         oversized, self.max_batch_seconds)
 
     def set_epoch(self, epoch: int) -> None:

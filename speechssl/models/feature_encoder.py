@@ -140,9 +140,8 @@ def normed_conv(x: Tensor, lengths: Tensor, taps: Tensor, norm: "MaskedGroupNorm
         weights = w * scale[:, None, :]  # (B, K*C, N)
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     windows, weights, shift = windows.to(dtype), weights.to(dtype), shift.to(dtype).unsqueeze(1)
-    if out is None:
-        return torch.baddbmm(shift, windows, weights)
-    return torch.bmm(windows, weights, out=out).add_(shift)
+    # bmm then add in place: baddbmm would first copy the broadcast shift into the output
+    return (torch.bmm(windows, weights) if out is None else torch.bmm(windows, weights, out=out)).add_(shift)
 
 
 class MaskedGroupNorm(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import Callable
 
 import torch
@@ -43,6 +44,8 @@ def _stamp(sources: tuple[Tensor, ...]) -> tuple:
 
 def derived(owner: nn.Module, key: str, sources: tuple[Tensor, ...], build: Callable[[], object]):
     """``build()`` once per state of ``sources``; call only when ``needs_grad(sources)`` is False."""
+    if torch.compiler.is_compiling():  # traced into the graph (and folded by freezing) instead
+        return build()
     cache = owner.__dict__.setdefault(_CACHE, {})
     stamp = _stamp(sources)
     entry = cache.get(key)
@@ -70,7 +73,9 @@ def pack_int8(weight: Tensor, bias: Tensor | None):
     weight = weight.detach().float().contiguous()
     scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
     zero = torch.zeros(weight.shape[0], dtype=torch.long)
-    qweight = torch.quantize_per_channel(weight, scale, zero, axis=0, dtype=torch.qint8)
+    with warnings.catch_warnings():  # quantized tensor creation is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        qweight = torch.quantize_per_channel(weight, scale.double(), zero, axis=0, dtype=torch.qint8)
     return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
 
 

@@ -54,11 +54,50 @@ class PositionalConv(nn.Module):
             self.weight()
 
     def forward(self, x: Tensor) -> Tensor:
-        # (B, T, C) -> (B, C, T) for the conv; an even kernel gives one frame too many.
-        y = F.conv1d(x.transpose(1, 2), self.weight(), self.conv.bias, padding=self.kernel // 2, groups=self.groups)
-        if self.kernel % 2 == 0:
+        sources = (self.conv.weight_v, self.conv.weight_g)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not needs_grad(sources):
+            y = self.fft_conv(x.transpose(1, 2))  # a cached spectrum: ~5x less time than oneDNN's grouped conv
+        else:
+            # (B, T, C) -> (B, C, T) for the conv
+            y = F.conv1d(x.transpose(1, 2), self.weight(), None, padding=self.kernel // 2, groups=self.groups)
+        if self.kernel % 2 == 0:  # an even kernel gives one frame too many
             y = y[:, :, :-1]
-        return F.gelu(y).transpose(1, 2)
+        return F.gelu(y + self.conv.bias[:, None]).transpose(1, 2)
+
+    def fft_size(self) -> int:
+        return 4 * (1 << (self.kernel - 1).bit_length())  # 512 for BASE's 128 taps
+
+    def spectrum(self) -> Tensor:
+        """(G, F, C/G, C/G) complex: the conj. spectrum of each group's (out, in) kernels, for correlation."""
+        w = self.weight()  # (C, C/G, K)
+        c, per_group, _ = w.shape
+        spec = torch.fft.rfft(w, n=self.fft_size()).conj()  # (C, C/G, F)
+        return spec.view(self.groups, c // self.groups, per_group, -1).permute(0, 3, 1, 2).contiguous()
+
+    def fft_conv(self, x: Tensor) -> Tensor:
+        """The grouped conv (no bias) by overlap-save FFT: x (B, C, T) -> (B, C, T + 1 - K % 2).
+
+        y[t] = sum_k w[k] x[t + k - K//2] is a correlation; per block of n = fft_size()
+        samples it is X(f) conj(W(f)) at each frequency, a (C/G x C/G) matrix per group
+        applied to the block's spectrum, and the first n - K + 1 outputs of each block are
+        exact. Equal to ``conv1d`` to float rounding (~1e-6).
+        """
+        b, c, t = x.shape
+        n, k, g = self.fft_size(), self.kernel, self.groups
+        pad = k // 2
+        out_len = t + 2 * pad - k + 1
+        hop = n - k + 1  # valid outputs per block
+        blocks = -(-out_len // hop)
+        padded = F.pad(x, (pad, blocks * hop + k - 1 - t - pad))  # (B, C, blocks * hop + K - 1)
+        spec_x = torch.fft.rfft(padded.unfold(-1, n, hop), n=n)  # (B, C, blocks, F)
+        freqs = spec_x.shape[-1]
+        # (B, G, C/G, blocks, F) -> (G, F, C/G, B * blocks): one matmul per group and frequency
+        spec_x = spec_x.view(b, g, c // g, blocks, freqs).permute(1, 4, 2, 0, 3).reshape(g, freqs, c // g, b * blocks)
+        sources = (self.conv.weight_v, self.conv.weight_g)
+        spec_y = torch.matmul(derived(self, "spectrum", sources, self.spectrum), spec_x)  # (G, F, C/G, B * blocks)
+        spec_y = spec_y.view(g, freqs, c // g, b, blocks).permute(3, 0, 2, 4, 1).reshape(b, c, blocks, freqs)
+        y = torch.fft.irfft(spec_y, n=n)[..., :hop]  # (B, C, blocks, hop)
+        return y.reshape(b, c, blocks * hop)[..., :out_len]
 
 
 class Attention(nn.Module):
@@ -78,9 +117,9 @@ class Attention(nn.Module):
         b, t, c = x.shape
         projs = (self.q_proj, self.k_proj, self.v_proj)
         sources = tuple(p for proj in projs for p in (proj.weight, proj.bias))
-        if needs_grad(sources):
-            return tuple(proj(x).view(b, t, self.num_heads, -1).transpose(1, 2) for proj in projs)
-        # One (B, T, C) x (C, 3C) matmul instead of three; the weights are fused once.
+        # One (B, T, C) x (C, 3C) matmul instead of three. Without gradients the fused weight
+        # is built once; with them it is concatenated per call (3C x C, small next to the
+        # matmul) and the backward pass splits the gradient back onto q/k/v.
         fused = linear(self, "qkv", x, sources, lambda: torch.cat([p.weight for p in projs]),
                        lambda: torch.cat([p.bias for p in projs]))
         # (B, T, 3C) -> (3, B, H, T, C/H): views, no copy

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from speechssl.config import ModelConfig
 from speechssl.models.feature_encoder import FeatureEncoder, conv_output_lengths, valid_mask
+from speechssl.models.inference import quantize_int8
 from speechssl.models.masking import sample_negatives, span_mask
 from speechssl.models.quantizer import GumbelQuantizer
 from speechssl.models.transformer import TransformerEncoder
@@ -69,6 +70,22 @@ class Wav2Vec2Model(nn.Module):
         self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = TransformerEncoder(config)
         self.apply(init_weights)
+
+    def prepare_for_inference(self, quantize: str | None = None) -> Wav2Vec2Model:
+        """Eval mode, with the derived inference weights built now rather than on the first call:
+        fused q/k/v, the folded weight norm and its FFT spectrum (CPU), the convs' matmul layout.
+        ``quantize="int8"``: int8 weights for every matmul (CPU only; see ``quantize_int8``).
+        The parameters (and so checkpoints and training) are untouched.
+        """
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.eval()
+        if quantize == "int8":
+            quantize_int8(self)
+        device = next(self.parameters()).device
+        with torch.inference_mode():  # one receptive field of silence builds every derived weight
+            self(torch.zeros(1, self.config.receptive_field, device=device))
+        return self
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         return conv_output_lengths(sample_lengths, self.config.conv_kernels, self.config.conv_strides)

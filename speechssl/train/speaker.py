@@ -175,12 +175,19 @@ class FeatureBank:
 
     frames: Tensor
     offsets: Tensor  # (N + 1,) int64
-    labels: Tensor  # (N,) int64 class index
-    classes: list[str]
+    speakers: list[str]  # (N,) the speaker of each item
+    speeds: list[float]  # (N,) its speed perturbation (1.0 = none)
     normalized: bool = True
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.speakers)
+
+    def labels(self, speed_as_new_speaker: bool) -> tuple[Tensor, list[str]]:
+        """((N,) class index per item, class names); a perturbed speed is a class of its own when asked."""
+        names = [s + (f"@x{v:g}" if v != 1.0 and speed_as_new_speaker else "") for s, v in zip(self.speakers, self.speeds)]
+        classes = sorted(set(names))
+        index = {name: k for k, name in enumerate(classes)}
+        return torch.tensor([index[n] for n in names]), classes
 
 
 @torch.inference_mode()
@@ -193,7 +200,7 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
     waves_durations = [min(u.duration, config.max_utterance_seconds) for u in utterances]
     sampler = SecondsBatchSampler(waves_durations, config.data.max_batch_seconds, shuffle=False)
     items: list[Tensor | None] = [None] * len(utterances)
-    names: list[str] = [""] * len(utterances)
+    speeds = [1.0] * len(utterances)
     for batch in tqdm(list(sampler), desc="encoding training audio", disable=not progress, dynamic_ncols=True):
         waves = []
         for i in batch:
@@ -202,9 +209,8 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
             if len(wave) > window:
                 start = int(rng.integers(0, len(wave) - window + 1))
                 wave = wave[start : start + window]
-            wave, speed = augment(wave, rng, config.augment)
+            wave, speeds[i] = augment(wave, rng, config.augment)
             waves.append(wave)
-            names[i] = utterances[i].speaker + (f"@x{speed:g}" if speed != 1.0 and config.augment.speed_as_new_speaker else "")
         lengths = torch.tensor([len(w) for w in waves])
         padded = torch.zeros(len(waves), int(lengths.max()))
         for row, wave in enumerate(waves):
@@ -214,10 +220,8 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
         states = (states if raw else SpeakerHead.normalize_states(states)).half().cpu()
         for row, i in enumerate(batch):
             items[i] = states[row, : int(out.lengths[row])].clone()
-    classes = sorted(set(names))
-    index = {name: k for k, name in enumerate(classes)}
     offsets = torch.tensor([0] + [len(t) for t in items]).cumsum(0)  # type: ignore[arg-type]
-    return FeatureBank(torch.cat(items), offsets, torch.tensor([index[n] for n in names]), classes,  # type: ignore[arg-type]
+    return FeatureBank(torch.cat(items), offsets, [u.speaker for u in utterances], speeds,  # type: ignore[arg-type,misc]
                        normalized=not raw)
 
 
@@ -225,7 +229,8 @@ def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int
     """What the bank depends on: the encoder file, the items, the augmentation, the seed."""
     stat = os.stat(config.init_from)
     what = {"init_from": [os.path.abspath(config.init_from), stat.st_size, stat.st_mtime_ns],
-            "items": [(u.id, u.path, u.speaker) for u in utterances], "augment": dataclasses.asdict(config.augment),
+            "items": [(u.id, u.path, u.speaker) for u in utterances],
+            "augment": {k: v for k, v in dataclasses.asdict(config.augment).items() if k != "speed_as_new_speaker"},
             "max_utterance_seconds": config.max_utterance_seconds, "seed": config.run.seed, "states": num_states,
             "raw": config.finetune_top_layers > 0}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
@@ -249,9 +254,10 @@ class CropStream:
     resumable state, as for the loop's own BatchStream. DDP ranks take strided shares.
     """
 
-    def __init__(self, bank: FeatureBank, batch_size: int, crop_seconds: list[float], seed: int,
+    def __init__(self, bank: FeatureBank, labels: Tensor, batch_size: int, crop_seconds: list[float], seed: int,
                  rank: int = 0, world: int = 1):
-        self.bank, self.batch_size, self.seed, self.rank, self.world = bank, batch_size, seed, rank, world
+        self.bank, self.labels, self.batch_size = bank, labels, batch_size
+        self.seed, self.rank, self.world = seed, rank, world
         self.crop_frames = [max(1, round(s * FRAMES_PER_SECOND)) for s in crop_seconds]
         self.epoch, self.position = 0, 0
         if len(bank) // world < batch_size:
@@ -279,7 +285,7 @@ class CropStream:
         for row, (i, n, t) in enumerate(zip(chosen, frames, take)):
             start = int(offsets[i]) + int(rng.integers(0, n - t + 1))
             states[row, :t] = self.bank.frames[start : start + t]
-        return FeatureBatch(states, torch.tensor(take), self.bank.labels[torch.from_numpy(chosen)], self.bank.normalized)
+        return FeatureBatch(states, torch.tensor(take), self.labels[torch.from_numpy(chosen)], self.bank.normalized)
 
 
 # --- model and task -------------------------------------------------------------------
@@ -341,9 +347,10 @@ class SpeakerTask:
         encoder = Wav2Vec2Model(ckpt.model_config)
         load_into(encoder, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
         self.bank = self.load_or_build_bank(encoder, train_utts, num_layers + 1)
+        self.labels, self.classes = self.bank.labels(config.augment.speed_as_new_speaker)
         log.info("speaker head on %d training items of %d classes (%.1f min of frames)", len(self.bank),
-                 len(self.bank.classes), len(self.bank.frames) / FRAMES_PER_SECOND / 60)
-        self.module = SpeakerModel(encoder, config.head, len(self.bank.classes))
+                 len(self.classes), len(self.bank.frames) / FRAMES_PER_SECOND / 60)
+        self.module = SpeakerModel(encoder, config.head, len(self.classes))
         encoder.requires_grad_(False)
         for layer in encoder.encoder.layers[num_layers - config.finetune_top_layers : num_layers]:
             layer.requires_grad_(config.finetune_top_layers > 0)
@@ -366,7 +373,7 @@ class SpeakerTask:
 
     def make_stream(self, rank: int, world: int) -> CropStream:
         c = self.config
-        return CropStream(self.bank, c.batch_size, c.crop_seconds, c.run.seed, rank, world)
+        return CropStream(self.bank, self.labels, c.batch_size, c.crop_seconds, c.run.seed, rank, world)
 
     def before_step(self, step: int) -> None:
         c = self.config
@@ -418,7 +425,7 @@ class SpeakerTask:
         state = {k: v for k, v in self.module.state_dict().items() if not k.startswith("aam.")}
         metadata = {"kind": "speaker", "init_from": self.config.init_from,
                     "speaker_head": self.module.speaker_head.config(), "speaker_threshold": self.threshold,
-                    "speaker_classes": len(self.bank.classes)}
+                    "speaker_classes": len(self.classes)}
         if self.config.finetune_top_layers == 0 and "vocab" in self.source.metadata:
             state.update({k: v for k, v in self.source.state_dict.items() if k.startswith("ctc_head.")})
             metadata.update({k: self.source.metadata[k] for k in ("vocab", "blank_id") if k in self.source.metadata})

@@ -1,0 +1,356 @@
+"""Encoder inference speed: speechssl vs transformers' ``Wav2Vec2Model`` (sdpa) vs torchaudio's
+``wav2vec2_base``, all three holding the same BASE weights.
+
+The weights are a transformers ``Wav2Vec2Model`` at its own random init (nothing can be
+downloaded here), saved with ``save_pretrained``, imported into speechssl with ``import_hf``
+(what ``speechssl import-hf`` runs) and into torchaudio with its ``import_huggingface_model``.
+speechssl runs through its public API (``speechssl.load(...).encode``: numpy in, numpy out,
+length-sorted batches); the peers get tensors and return the last hidden state.
+
+Two workloads, each timed interleaved (round-robin, rotating order), median over repeats:
+
+(a) fixed batch: N clips x S seconds in one batch (default 4 x 10 s). No padding, so all
+    three must agree to float rounding; the max abs difference is printed.
+(b) stream: M clips of 1-20 s (seeded uniform) in arrival order. The peers take batches of
+    8 in that order, zero-padded to the longest (transformers without an attention mask, as
+    its BASE recipe says; torchaudio with lengths). speechssl gets the whole list, as its
+    ``embed([...])`` and its server do, and batches it sorted by length. The BASE group norm
+    of transformers and torchaudio mixes padding into the statistics (speechssl's uses valid
+    frames only), so outputs are compared per item, against each peer run on the item alone.
+
+Achieved GFLOP/s count the useful work (each clip's own frames; no padding) with a direct
+convolution's FLOPs, and are shown as a fraction of this machine's fp32 (or bf16) matmul peak,
+measured inside the same rounds. On CPU the int8 path (``quantize="int8"``) is timed too.
+
+    python benchmarks/encoder.py                                   # CPU, the issue's settings
+    python benchmarks/encoder.py --stream 16 --repeats 2 --stream-repeats 1   # quick
+    python benchmarks/encoder.py --device cuda --fixed-batch 64 --stream 512 --max-batch-seconds 600
+    python benchmarks/encoder.py --cer-checkpoint runs/ctc/best.safetensors --cer-manifest runs/corpus/test.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import interleaved, load_average, machine, table, uptime, write_json  # noqa: E402
+
+from speechssl.config import ModelConfig  # noqa: E402
+
+RATE = 16000
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def encoder_gflop(cfg: ModelConfig, samples: int) -> float:
+    """Forward FLOPs (2 per multiply-add) of one unpadded clip, direct convolutions."""
+    flops, length, in_dim = 0, samples, 1
+    for dim, kernel, stride in zip(cfg.conv_dims, cfg.conv_kernels, cfg.conv_strides):
+        length = max(0, (length - kernel) // stride + 1)
+        flops += 2 * length * dim * in_dim * kernel
+        in_dim = dim
+    t, c = length, cfg.hidden_size
+    flops += 2 * t * in_dim * c  # feature projection
+    flops += 2 * t * c * (c // cfg.pos_conv_groups) * cfg.pos_conv_kernel  # positional conv
+    per_layer = 2 * t * c * (4 * c + 2 * cfg.ffn_dim) + 4 * t * t * c  # projections, FFN, attention
+    return (flops + cfg.num_layers * per_layer) / 1e9
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float):
+    import transformers
+
+    import speechssl
+    from speechssl.interop.hf import import_hf
+
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config()  # transformers' BASE (wav2vec2-base) layout
+    config._attn_implementation = "sdpa"
+    hf = transformers.Wav2Vec2Model(config).eval()
+    hf.save_pretrained(workdir / "hf")
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(workdir / "hf")
+    start = time.perf_counter()
+    import_hf(workdir / "hf", workdir / "base.safetensors")
+    models = {"hf": hf.to(device)}
+    models["speechssl"] = speechssl.load(workdir / "base.safetensors", device=str(device), precision="fp32")
+    models["load_s"] = time.perf_counter() - start
+    if int8 and device.type == "cpu":
+        models["speechssl int8"] = speechssl.load(workdir / "base.safetensors", device="cpu", quantize="int8")
+    if device.type == "cuda":
+        models["speechssl bf16"] = speechssl.load(workdir / "base.safetensors", device=str(device), precision="bf16")
+    for name in [k for k in models if k.startswith("speechssl")]:
+        models[name].max_batch_seconds = max_batch_seconds
+    if want_torchaudio:
+        from torchaudio.models.wav2vec2.utils import import_huggingface_model
+
+        models["torchaudio"] = import_huggingface_model(hf.cpu()).eval().to(device)
+        hf.to(device)
+    return models
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def hf_run(hf, waves: torch.Tensor, bf16: bool) -> torch.Tensor:
+    with torch.inference_mode(), autocast(waves.device, bf16):
+        return hf(waves).last_hidden_state.float().cpu()
+
+
+def torchaudio_run(model, waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(waves, lengths)[0].float().cpu()
+
+
+def peer_stream(run_batch, clips: list[np.ndarray], batch: int, device: torch.device) -> list[torch.Tensor]:
+    """Arrival order, ``batch`` clips at a time, zero-padded to the longest; per clip its valid frames."""
+    out = []
+    for i in range(0, len(clips), batch):
+        group = clips[i : i + batch]
+        longest = max(len(c) for c in group)
+        padded = torch.zeros(len(group), longest)
+        for row, clip in enumerate(group):
+            padded[row, : len(clip)] = torch.from_numpy(clip)
+        lengths = torch.tensor([len(c) for c in group])
+        hidden = run_batch(padded.to(device), lengths.to(device))
+        frames = (lengths - 400) // 320 + 1
+        out.extend(hidden[row, : int(frames[row])] for row in range(len(group)))
+    return out
+
+
+def max_diff(a, b) -> float:
+    a, b = torch.as_tensor(np.asarray(a)).float(), torch.as_tensor(np.asarray(b)).float()
+    return float((a - b).abs().max())
+
+
+def peak_probe(device: torch.device, dtype: torch.dtype, size: int):
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return (lambda: a @ b), 2 * size**3 / 1e9
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    clips = [(torch.randn(int(args.fixed_seconds * RATE), generator=gen) * 0.1).numpy() for _ in range(size)]
+    waves = torch.from_numpy(np.stack(clips)).to(device)
+    audio_s = size * args.fixed_seconds
+    gflop = size * encoder_gflop(cfg, len(clips[0]))
+    ours = models["speechssl"]
+    ref = hf_run(models["hf"], waves, bf16=False)
+    agree = {"speechssl vs transformers": max(max_diff(f, ref[i]) for i, f in enumerate(ours.encode(clips)))}
+    systems = {"speechssl": lambda: ours.encode(clips)}
+    if "speechssl int8" in models:
+        q = models["speechssl int8"].encode(clips)
+        agree["speechssl int8 vs fp32 (max abs)"] = max(max_diff(f, ref[i]) for i, f in enumerate(q))
+        cos = [torch.nn.functional.cosine_similarity(torch.from_numpy(f), ref[i], dim=-1).min().item() for i, f in enumerate(q)]
+        agree["speechssl int8 vs fp32 (min frame cosine)"] = min(cos)
+        systems["speechssl int8"] = lambda: models["speechssl int8"].encode(clips)
+    if "speechssl bf16" in models:
+        b16 = models["speechssl bf16"].encode(clips)
+        agree["speechssl bf16 vs transformers fp32"] = max(max_diff(f, ref[i]) for i, f in enumerate(b16))
+        systems["speechssl bf16"] = lambda: models["speechssl bf16"].encode(clips)
+    systems["transformers"] = lambda: hf_run(models["hf"], waves, bf16=False)
+    if device.type == "cuda":
+        agree["transformers bf16 vs fp32"] = max_diff(hf_run(models["hf"], waves, bf16=True), ref)
+        systems["transformers bf16"] = lambda: hf_run(models["hf"], waves, bf16=True)
+    if "torchaudio" in models:
+        agree["torchaudio vs transformers"] = max_diff(torchaudio_run(models["torchaudio"], waves, None), ref)
+        systems["torchaudio"] = lambda: torchaudio_run(models["torchaudio"], waves, None)
+    if args.compile:
+        systems.update(compiled_systems(models, clips, agree, ref))
+    peaks = {"fp32": peak_probe(device, torch.float32, 2048 if device.type == "cpu" else 8192)}
+    if device.type == "cuda":
+        peaks["bf16"] = peak_probe(device, torch.bfloat16, 8192)
+    for name, (fn, _) in peaks.items():
+        systems[f"peak {name}"] = fn
+    print(f"(a) fixed batch: {size} x {args.fixed_seconds:g} s, {gflop:.0f} GFLOP", flush=True)
+    for k, v in agree.items():
+        print(f"  {k}: {v:.3g}")
+    timings = interleaved(systems, args.repeats, device)
+    peak = {name: flop / timings[f"peak {name}"]["median_s"] for name, (_, flop) in peaks.items()}
+    return summarize(f"fixed {size}x{args.fixed_seconds:g}s", timings, audio_s, gflop, peak, agree)
+
+
+def compiled_systems(models, clips, agree: dict, ref) -> dict:
+    """speechssl with ``torch.compile`` on its encoder (fixed shapes); the compile time is the first call's."""
+    out = {}
+    for name in ("speechssl bf16", "speechssl"):
+        if name not in models:
+            continue
+        compiled = copy.copy(models[name])  # the same weights; only this copy's encoder is compiled
+        compiled.encoder = torch.compile(models[name].encoder, dynamic=False)
+        start = time.perf_counter()
+        first = compiled.encode(clips)
+        agree[f"{name} compiled: compile + first call (s)"] = time.perf_counter() - start
+        agree[f"{name} compiled vs transformers fp32"] = max(max_diff(f, ref[i]) for i, f in enumerate(first))
+        out[f"{name} compiled"] = lambda c=compiled: c.encode(clips)
+        break  # the fastest precision only: compiling costs minutes on a CPU
+    return out
+
+
+def stream(models, args, device, cfg: ModelConfig) -> dict:
+    rng = np.random.default_rng(1)
+    seconds = rng.uniform(1.0, 20.0, args.stream)
+    clips = [(rng.standard_normal(int(s * RATE)) * 0.1).astype(np.float32) for s in seconds]
+    audio_s = float(seconds.sum())
+    gflop = sum(encoder_gflop(cfg, len(c)) for c in clips)
+    padded_s = sum(max(seconds[i : i + args.peer_batch]) * len(seconds[i : i + args.peer_batch])
+                   for i in range(0, len(seconds), args.peer_batch))
+    hf, ours = models["hf"], models["speechssl"]
+
+    def hf_batch(w, n, bf16=False):
+        return hf_run(hf, w, bf16)
+
+    systems = {"speechssl": lambda: ours.encode(clips)}
+    if "speechssl int8" in models:
+        systems["speechssl int8"] = lambda: models["speechssl int8"].encode(clips)
+    if "speechssl bf16" in models:
+        systems["speechssl bf16"] = lambda: models["speechssl bf16"].encode(clips)
+    systems["transformers"] = lambda: peer_stream(hf_batch, clips, args.peer_batch, device)
+    if device.type == "cuda":
+        systems["transformers bf16"] = lambda: peer_stream(lambda w, n: hf_batch(w, n, True), clips, args.peer_batch, device)
+    if "torchaudio" in models:
+        ta = models["torchaudio"]
+        systems["torchaudio"] = lambda: peer_stream(lambda w, n: torchaudio_run(ta, w, n), clips, args.peer_batch, device)
+    # Agreement per item: speechssl's stream output vs each peer on the item alone (no padding).
+    order = np.argsort(seconds)
+    picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    ours_out = ours.encode(clips)
+    hf_stream = peer_stream(hf_batch, clips, args.peer_batch, device)
+    agree = {"speechssl stream vs transformers alone": 0.0, "transformers padded batch vs alone": 0.0}
+    for i in picks:
+        alone = hf_run(hf, torch.from_numpy(clips[i])[None].to(device), False)[0]
+        agree["speechssl stream vs transformers alone"] = max(agree["speechssl stream vs transformers alone"], max_diff(ours_out[i], alone))
+        agree["transformers padded batch vs alone"] = max(agree["transformers padded batch vs alone"], max_diff(hf_stream[i], alone))
+    print(f"(b) stream: {args.stream} clips, {audio_s:.0f} s of audio ({padded_s:.0f} s once padded in batches of "
+          f"{args.peer_batch}), {gflop:.0f} GFLOP", flush=True)
+    for k, v in agree.items():
+        print(f"  {k}: {v:.3g} (items {picks})")
+    timings = interleaved(systems, args.stream_repeats, device, warmup=0 if device.type == "cpu" else 1)
+    result = summarize("stream", timings, audio_s, gflop, None, agree)
+    result["padded_audio_s_peers"] = padded_s
+    return result
+
+
+def summarize(workload: str, timings: dict, audio_s: float, gflop: float, peak: dict | None, agree: dict) -> dict:
+    rows = []
+    base = timings["transformers"]["median_s"]
+    for name, t in timings.items():
+        if name.startswith("peak"):
+            continue
+        row = {"workload": workload, "system": name, "median_s": t["median_s"], "cpu_median_s": t["cpu_median_s"],
+               "times_s": t["times_s"], "vs_transformers": base / t["median_s"], "realtime_x": audio_s / t["median_s"],
+               "gflop_per_s": gflop / t["median_s"]}
+        if peak:
+            kind = "bf16" if "bf16" in name and "bf16" in peak else "fp32"
+            row["peak_fraction"] = row["gflop_per_s"] / peak[kind]
+            row["peak_kind"] = kind
+        rows.append(row)
+    return {"workload": workload, "audio_s": audio_s, "gflop": gflop, "peak_gflop_per_s": peak, "agreement": agree,
+            "rows": rows}
+
+
+# --------------------------------------------------------------------------- CER of the int8 path
+
+
+def cer_check(args) -> dict:
+    import speechssl
+    from speechssl.data.manifest import read_manifest
+    from speechssl.evaluation import evaluate_asr
+
+    utterances = [u for u in read_manifest(args.cer_manifest) if u.text]
+    if args.cer_limit:
+        utterances = utterances[: args.cer_limit]
+    out = {"checkpoint": args.cer_checkpoint, "manifest": args.cer_manifest, "utterances": len(utterances)}
+    for name, quantize in (("fp32", None), ("int8", "int8")):
+        model = speechssl.load(args.cer_checkpoint, device="cpu", quantize=quantize)
+        start = time.perf_counter()
+        out[name] = evaluate_asr(model, utterances)
+        out[name]["wall_s"] = time.perf_counter() - start
+        print(f"  {name}: {out[name]}", flush=True)
+    out["cer_change_points"] = 100 * (out["int8"]["cer"] - out["fp32"]["cer"])
+    out["wer_change_points"] = 100 * (out["int8"]["wer"] - out["fp32"]["wer"])
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (all systems alike)")
+    parser.add_argument("--fixed-batch", default="4", help="clips in (a); a comma list runs several sizes")
+    parser.add_argument("--fixed-seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds for (a)")
+    parser.add_argument("--stream", type=int, default=64, help="clips in (b); 0 skips it")
+    parser.add_argument("--stream-repeats", type=int, default=3)
+    parser.add_argument("--peer-batch", type=int, default=8)
+    parser.add_argument("--max-batch-seconds", type=float, default=None,
+                        help="speechssl's padded seconds per batch (default: 60 on CPU, 600 on GPU)")
+    parser.add_argument("--no-torchaudio", action="store_true")
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time speechssl under torch.compile in (a)")
+    parser.add_argument("--cer-checkpoint", default=None, help="a CTC checkpoint: CER of fp32 vs int8 on --cer-manifest")
+    parser.add_argument("--cer-manifest", default=None)
+    parser.add_argument("--cer-limit", type=int, default=None)
+    parser.add_argument("--cer-only", action="store_true", help="only the CER check (skips (a) and (b))")
+    parser.add_argument("--out", default="runs/benchmarks/encoder.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    max_batch = args.max_batch_seconds or (600.0 if device.type == "cuda" else 60.0)
+    report = {"benchmark": "encoder", "device": str(device), "machine": machine(device), "uptime_before": uptime(),
+              "settings": {k: v for k, v in vars(args).items()}}
+    print(report["uptime_before"])
+    if args.cer_only:
+        report["int8_cer"] = cer_check(args)
+        write_json(args.out, report)
+        print(f"CER change (int8 - fp32): {report['int8_cer']['cer_change_points']:+.2f} points; wrote {args.out}")
+        return report
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch)
+    cfg = models["speechssl"].encoder.config
+    report["import_and_load_s"] = models.pop("load_s")
+    report["workloads"] = [fixed_batch(models, args, device, cfg, int(n)) for n in str(args.fixed_batch).split(",")]
+    if args.stream:
+        report["workloads"].append(stream(models, args, device, cfg))
+    if args.cer_checkpoint:
+        print("CER, fp32 vs int8:", flush=True)
+        report["int8_cer"] = cer_check(args)
+    report["uptime_after"], report["load_after"] = uptime(), load_average()
+    rows = [r for w in report["workloads"] for r in w["rows"]]
+    print()
+    print(table(rows, [("workload", "workload", ""), ("system", "system", ""), ("median_s", "wall s (median)", ".3f"),
+                       ("cpu_median_s", "CPU s", ".2f"), ("vs_transformers", "vs transformers", ".2f"),
+                       ("realtime_x", "x real time", ".1f"), ("gflop_per_s", "GFLOP/s", ".0f"),
+                       ("peak_fraction", "of matmul peak", ".0%")]))
+    for w in report["workloads"]:
+        if w["peak_gflop_per_s"]:
+            print(f"matmul peak ({w['workload']}): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in w["peak_gflop_per_s"].items()))
+    print(report["uptime_after"])
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
