@@ -361,3 +361,24 @@ def test_train_speaker_stores_threshold_and_resumes(tiny_checkpoint, digit_manif
     for key in (k for k in a.state_dict if k.startswith("speaker_head.")):
         torch.testing.assert_close(a.state_dict[key], b.state_dict[key])
     assert len(list(parts.glob("bank-*.pt"))) == 1
+
+
+def test_live_top_layers_reproduce_the_encoder(tiny_checkpoint):
+    """Fine-tuning the top layers from the bank: recomputing them from the state below gives
+    the encoder's own states (eval mode, a padded batch)."""
+    from speechssl.checkpoint import load_into
+    from speechssl.models.wav2vec2 import Wav2Vec2Model
+    from speechssl.train.speaker import HeadConfig, SpeakerModel
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    encoder = Wav2Vec2Model(ckpt.model_config)
+    load_into(encoder, ckpt.state_dict, prefix="wav2vec2.")
+    model = SpeakerModel(encoder, HeadConfig(dim=8, channels=0), num_classes=3).eval()
+    audio = torch.from_numpy(np.stack([np.pad(w, (0, 16000 - len(w))) for w in waves(1.0, 0.6)]))
+    with torch.no_grad():
+        out = encoder(audio, torch.tensor([16000, 9600]))
+        states = torch.stack(out.hidden_states, dim=2)
+        model.live_layers = 2
+        again = model.run_live_layers(states.clone(), out.lengths)
+    for row, n in enumerate(out.lengths.tolist()):
+        torch.testing.assert_close(again[row, :n], states[row, :n], atol=1e-4, rtol=1e-4)

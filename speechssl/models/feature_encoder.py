@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from speechssl.config import ModelConfig
-from speechssl.models.inference import Workspace, derived, int8_enabled, linear, needs_grad
+from speechssl.models.inference import Workspace, derived, needs_grad
 
 
 def conv_output_lengths(lengths: Tensor, kernels: list[int], strides: list[int]) -> Tensor:
@@ -187,7 +187,6 @@ class ConvLayer(nn.Module):
             self.layer_norm = MaskedGroupNorm(out_dim)
         elif norm == "layer":
             self.layer_norm = nn.LayerNorm(out_dim)
-        self.int8 = False  # set by speechssl.models.inference.quantize_int8
 
     def taps(self) -> Tensor:
         """(C_out, C_in, K) conv weight -> (K*C_in, C_out), rows in (tap, channel) order."""
@@ -202,9 +201,6 @@ class ConvLayer(nn.Module):
         params = self.params()
         if needs_grad(params):
             y = strided_conv(x, self.taps(), self.kernel, self.stride)
-        elif int8_enabled(self) and x.shape[-1] > 1 and x.device.type == "cpu" and x.dtype == torch.float32:
-            return linear(self, "taps", unfold(x, self.kernel, self.stride), params, lambda: self.taps().t(),
-                          lambda: self.conv.bias)
         else:
             taps = derived(self, "taps", params, lambda: self.taps().contiguous())
             y = strided_conv(x, taps, self.kernel, self.stride, out)

@@ -94,11 +94,14 @@ def linear(owner: nn.Module, key: str, x: Tensor, sources: tuple[Tensor, ...],
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Mark every matmul of ``model`` for int8 weights (CPU, fp32 activations, no grad).
+    """Mark the transformer's matmuls of ``model`` for int8 weights (CPU, fp32 activations, no grad).
 
-    Covers the transformer's projections and feed-forward and the conv feature encoder's
-    layers (which run as matmuls); the positional conv, layer norms and attention itself
-    stay fp32. The parameters are untouched: ``model.int8 = False`` undoes it.
+    The q/k/v, output and feed-forward projections (~57% of BASE's FLOPs) run through
+    fbgemm's dynamic quantization: int8 weights per output channel, activations quantized
+    per call (7-bit range, as x86 without VNNI needs). The conv feature encoder stays fp32:
+    its activations are heavy-tailed over time, and per-tensor int8 there cost 15% of the
+    frame-level CTC decisions for a few % of speed (docs/benchmarks.md). The parameters are
+    untouched: ``module.int8 = False`` undoes it.
     """
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"

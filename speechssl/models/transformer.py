@@ -146,7 +146,8 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         up, down = self.intermediate_dense, self.output_dense
         x = linear(self, "up", x, (up.weight, up.bias), lambda: up.weight, lambda: up.bias)
-        x = self.activation_dropout(F.gelu(x))
+        # in place without autograd: (B, T, 4C) is the largest activation of a layer
+        x = self.activation_dropout(F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x))
         x = linear(self, "down", x, (down.weight, down.bias), lambda: down.weight, lambda: down.bias)
         return self.output_dropout(x)
 
@@ -162,11 +163,22 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        # Without autograd the residual sums go into the branch's fresh output (no new tensor).
+        add = residual if torch.is_grad_enabled() else residual_
         if self.pre_ln:
-            x = x + self.dropout(self.attention(self.layer_norm(x), attn_mask))
-            return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.layer_norm(x + self.dropout(self.attention(x, attn_mask)))
-        return self.final_layer_norm(x + self.feed_forward(x))
+            x = add(x, self.dropout(self.attention(self.layer_norm(x), attn_mask)))
+            return add(x, self.feed_forward(self.final_layer_norm(x)))
+        x = self.layer_norm(add(x, self.dropout(self.attention(x, attn_mask))))
+        return self.final_layer_norm(add(x, self.feed_forward(x)))
+
+
+def residual(x: Tensor, branch: Tensor) -> Tensor:
+    return x + branch
+
+
+def residual_(x: Tensor, branch: Tensor) -> Tensor:
+    """x + branch, written into ``branch`` (a fresh output nobody else holds)."""
+    return branch.add_(x) if branch.dtype == torch.promote_types(x.dtype, branch.dtype) else x + branch
 
 
 class TransformerEncoder(nn.Module):
