@@ -6,12 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-slow apt venv clean-venv help
+.PHONY: serve test test-slow default-model apt venv clean-venv help
 
 help:
 	@echo "make serve      serve the default model on http://127.0.0.1:8000"
 	@echo "make test       run the test suite (the one CI runs)"
 	@echo "make test-slow  run the slow tests (second CI stage)"
+	@echo "make default-model  remake the shipped model from nothing (~90 min on 2 CPU cores; resumable)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ test: apt $(STAMP)
 # pytest exits 5 when nothing is marked slow; for this stage that is not a failure.
 test-slow: apt $(STAMP)
 	$(PY) -m pytest -q -m slow || { rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc; }
+
+# Run it again after a kill: finished stages are skipped, training resumes (configs/recipes/default.yaml).
+default-model: apt $(STAMP)
+	$(VENV)/bin/speechssl recipe configs/recipes/default.yaml
 
 serve: $(STAMP)
 	@if $(VENV)/bin/speechssl serve --help >/dev/null 2>&1; then $(VENV)/bin/speechssl serve; \

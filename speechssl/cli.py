@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Scan audio and write JSONL rows {id, path, duration, text?, speaker?}.")
     manifest.add_argument("src", type=Path, help="folder or CSV file")
     manifest.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
-    manifest.add_argument("--format", required=True, choices=["folder", "librispeech", "csv"],
+    manifest.add_argument("--format", required=True, choices=["folder", "librispeech", "csv", "fsdd"],
                           help="folder: audio + .txt/.lab sidecars; librispeech: SPEAKER/CHAPTER/*.flac + "
-                          "*.trans.txt; csv: a header with at least 'path'")
+                          "*.trans.txt; csv: a header with at least 'path'; fsdd: the Free Spoken Digit "
+                          "Dataset's {digit}_{speaker}_{take}.wav (text: the digit's word)")
 
     pretrain = sub.add_parser("pretrain", help="self-supervised wav2vec 2.0 pretraining on unlabeled audio",
                               description="Pretrain with the contrastive + diversity objective. Writes "
@@ -99,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(lowest validation EER; its EER threshold is stored for verify), "
                                    "checkpoint.safetensors, resume.pt, metrics.jsonl, tensorboard/ and curves.png.")
     add_overrides(train_speaker)
+
+    recipe = sub.add_parser("recipe", help="make a model from nothing: data, pretrain, ctc, speaker, evaluate, package",
+                            description="Run a recipe (configs/recipes/default.yaml makes the shipped default "
+                            "model) stage by stage: data -> pretrain -> ctc -> speaker -> evaluate -> package. "
+                            "Finished stages are recorded in out_dir/stages.json and skipped; an interrupted "
+                            "training stage resumes from its last checkpoint, so after a kill run the same "
+                            "command again.")
+    recipe.add_argument("config", help="recipe YAML (e.g. configs/recipes/default.yaml)")
+    recipe.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override recipe values, e.g. out_dir=runs/try2 ctc.set={optim.max_steps: 100}")
+    recipe.add_argument("--stage", action="append", default=None, metavar="NAME",
+                        help="run only this stage, even if it finished before (repeatable)")
 
     transcribe = sub.add_parser("transcribe", help="speech-to-text with word timestamps",
                                 description="Transcribe audio files of any length (long files are decoded in "
@@ -169,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines",
                            description="Encode audio files; one JSON line per file with its embedding.")
     embed.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
-    embed.add_argument("--checkpoint", required=True, help="a speechssl checkpoint (.safetensors)")
+    embed.add_argument("--checkpoint", default=None, help="a speechssl checkpoint (default: the shipped model)")
     embed.add_argument("--layer", type=int, default=None, help="transformer layer (default: last)")
     embed.add_argument("--pooling", choices=["mean", "none"], default="mean",
                        help="mean: one vector per file (default); none: one vector per 20 ms frame")
@@ -226,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
         summary = run_finetune_ctc(args.config, args.overrides, resume=args.resume)
         print(json.dumps({"step": summary.step, "wall_seconds": round(summary.wall_seconds, 1),
                           "best": summary.best, "out_dir": str(summary.out_dir)}, indent=2))
+    elif args.command == "recipe":
+        from speechssl.recipe import run_recipe
+
+        print(json.dumps(run_recipe(args.config, args.overrides, only=args.stage), indent=2))
     elif args.command == "transcribe":
         import speechssl
         from speechssl.transcript import to_srt, to_vtt

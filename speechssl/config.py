@@ -257,6 +257,10 @@ def build(cls: type[T], tree: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key {prefix}{unknown[0]!s}; known keys under "
             f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
         )
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in tree
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing config key {prefix}{missing[0]}")
     kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in tree.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):

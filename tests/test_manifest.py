@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from speechssl.data.manifest import (
-    ManifestError, Utterance, build_manifest, from_csv, from_folder, from_librispeech, normalize_text, read_manifest,
-    write_manifest,
+    ManifestError, Utterance, build_manifest, from_csv, from_folder, from_fsdd, from_librispeech, normalize_text,
+    read_manifest, write_manifest,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -165,6 +165,33 @@ def test_paths_outside_the_manifest_folder_stay_absolute(tmp_path, tree):
     assert read_manifest(out)[0] == Utterance("x", str((tree / "alice" / "a1.wav").resolve()), 1.0, "hi", "alice")
 
 
+def test_a_working_directory_relative_path_outside_is_stored_absolute(tmp_path, tree, monkeypatch):
+    # ../shared/data/... given from the repo root must not be read relative to runs/manifests/.
+    monkeypatch.chdir(tree / "alice")
+    out = tmp_path / "runs" / "manifests" / "m.jsonl"
+    write_manifest([Utterance("x", "../bob/b1.wav", 0.5)], out)
+    monkeypatch.chdir(tmp_path)
+    assert Path(read_manifest(out)[0].path) == (tree / "bob" / "b1.wav").resolve()
+    assert Path(read_manifest(out)[0].path).is_file()
+
+
+def test_fsdd_importer(tmp_path):
+    root = tmp_path / "recordings"
+    copy("speech_8k.wav", root / "7_alice_0.wav")
+    copy("speech_8k.wav", root / "0_bob_12.wav")
+    rows = from_fsdd(root)
+    assert [(r.id, r.text, r.speaker) for r in rows] == [("0_bob_12", "zero", "bob"), ("7_alice_0", "seven", "alice")]
+    assert rows[0].duration > 0 and build_manifest(root, "fsdd") == rows
+    copy("speech_8k.wav", root / "seven_alice_1.wav")
+    with pytest.raises(ManifestError, match=r"seven_alice_1.wav: not an FSDD file name"):
+        from_fsdd(root)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no FSDD wavs under"):
+        from_fsdd(tmp_path / "empty")
+    with pytest.raises(ManifestError, match="not a folder"):
+        from_fsdd(tmp_path / "missing")
+
+
 def test_write_refuses_what_read_would_reject(tmp_path):
     out = tmp_path / "m.jsonl"
     with pytest.raises(ManifestError, match="duplicate id 'a': /x.wav and /y.wav"):
@@ -212,7 +239,7 @@ def test_blank_lines_count_towards_line_numbers(tmp_path):
 
 
 def test_unknown_format_and_missing_manifest(tmp_path):
-    with pytest.raises(ManifestError, match="unknown manifest format 'kaldi'; choose folder, librispeech or csv"):
+    with pytest.raises(ManifestError, match="unknown manifest format 'kaldi'; choose folder, librispeech, csv or fsdd"):
         build_manifest(tmp_path, "kaldi")
     with pytest.raises(ManifestError, match="manifest not found: .*none.jsonl"):
         read_manifest(tmp_path / "none.jsonl")

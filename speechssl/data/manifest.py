@@ -94,7 +94,7 @@ def _parse_row(line: str, where: str) -> Utterance:
 
 
 def write_manifest(rows: list[Utterance], path: str | Path) -> None:
-    """Write atomically; paths under the manifest's folder are stored relative to it.
+    """Write atomically; paths under the manifest's folder are stored relative to it, others absolute.
 
     Rows are checked first, so a manifest that was written can always be read back.
     """
@@ -108,8 +108,8 @@ def write_manifest(rows: list[Utterance], path: str | Path) -> None:
             raise ManifestError(f"{row.id}: duration must be a positive number of seconds, got {row.duration!r}")
         obj = {k: v for k, v in asdict(row).items() if v is not None}
         audio = Path(row.path).resolve()
-        if audio.is_relative_to(base):
-            obj["path"] = audio.relative_to(base).as_posix()
+        # A path relative to the working directory would be read relative to the manifest.
+        obj["path"] = audio.relative_to(base).as_posix() if audio.is_relative_to(base) else audio.as_posix()
         obj["duration"] = round(row.duration, 4) or row.duration  # never round a tiny clip to 0
         lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -233,12 +233,34 @@ def _csv_row(record: dict, csv_path: Path, number: int) -> Utterance:
                      normalize_text(text) if text else None, record.get("speaker") or None)
 
 
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def from_fsdd(root: str | Path) -> list[Utterance]:
+    """Free Spoken Digit Dataset: ``{digit}_{speaker}_{take}.wav``; the text is the digit's word."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"not a folder: {root}")
+    rows = []
+    for path in sorted(root.rglob("*.wav")):
+        match = re.fullmatch(r"([0-9])_([A-Za-z0-9]+)_([0-9]+)", path.stem)
+        if match is None:
+            raise ManifestError(f"{path}: not an FSDD file name ({{digit}}_{{speaker}}_{{take}}.wav)")
+        digit, speaker, _ = match.groups()
+        rows.append(Utterance(path.stem, str(path), _duration(path), DIGIT_WORDS[int(digit)], speaker))
+    if not rows:
+        raise ManifestError(f"no FSDD wavs under {root}")
+    return rows
+
+
 def build_manifest(src: str | Path, fmt: str) -> list[Utterance]:
-    """Rows from ``src`` in the layout ``fmt`` names: folder, librispeech or csv."""
+    """Rows from ``src`` in the layout ``fmt`` names: folder, librispeech, csv or fsdd."""
     if fmt == "folder":
         return from_folder(src)
     if fmt == "librispeech":
         return from_librispeech(src)
     if fmt == "csv":
         return from_csv(src)
-    raise ManifestError(f"unknown manifest format {fmt!r}; choose folder, librispeech or csv")
+    if fmt == "fsdd":
+        return from_fsdd(src)
+    raise ManifestError(f"unknown manifest format {fmt!r}; choose folder, librispeech, csv or fsdd")

@@ -1,0 +1,111 @@
+"""The default-model recipe: its config, its stage overrides, and (slow) a whole tiny run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from speechssl.config import ConfigError, load_config
+from speechssl.recipe import STAGES, Recipe, RecipeConfig, run_recipe
+from tests.conftest import require_fsdd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "configs" / "recipes" / "default.yaml"
+
+
+@pytest.fixture(autouse=True)
+def at_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)  # the recipe names configs/... relative to the repo
+
+
+def test_the_shipped_recipe_config_is_valid():
+    config = load_config(RecipeConfig, DEFAULT)
+    assert config.ship_to == "speechssl/assets/default.safetensors" and config.ship_dtype == "float16"
+    assert config.data.fsdd_test_speaker == "yweweler"
+    # every `set` key is a key of the stage's own config: a typo would only fail mid-recipe
+    from speechssl.train.ctc import CtcConfig
+    from speechssl.train.pretrain import PretrainConfig
+    from speechssl.train.speaker import SpeakerConfig
+
+    for stage, cls in (("pretrain", PretrainConfig), ("ctc", CtcConfig), ("speaker", SpeakerConfig)):
+        settings = getattr(config, stage)
+        for extra in ({}, settings.gpu_set):
+            overrides = [f"{k}={json.dumps(v)}" for k, v in {**settings.set, **extra}.items()]
+            overrides += [f"init_from={json.dumps(str(DEFAULT))}"] * (stage != "pretrain")
+            load_config(cls, settings.config, overrides)
+
+
+def test_gpu_settings_only_on_a_gpu(tmp_path):
+    config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}"])
+    cpu, gpu = Recipe(config, gpu=False), Recipe(config, gpu=True)
+    paths = {"run.out_dir": "x"}
+    assert "optim.max_steps=600" in cpu.stage_overrides(config.pretrain, paths)
+    assert "optim.max_steps=20000" in gpu.stage_overrides(config.pretrain, paths)
+    assert 'model.preset="base"' in gpu.stage_overrides(config.pretrain, paths)
+    assert not any(o.startswith("model.preset") for o in cpu.stage_overrides(config.pretrain, paths))
+    assert cpu.stage_overrides(config.pretrain, paths)[-1] == 'run.out_dir="x"'  # the recipe's paths win
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pretrain.config=configs/pretrain/nope.yaml"], "pretrain.config: file not found: configs/pretrain/nope.yaml"),
+    (["ship_dtype=int8"], "ship_dtype must be float16 or float32"),
+    (["ctc.sett={a: 1}"], "unknown config key ctc.sett"),
+    (["data.corpus_hours=lots"], "data.corpus_hours: expected float"),
+])
+def test_bad_recipe_configs_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RecipeConfig, DEFAULT, overrides)
+
+
+def test_unknown_stage_and_missing_stage_config(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage 'finetune'; stages: data, pretrain, ctc"):
+        run_recipe(str(DEFAULT), [f"out_dir={tmp_path}"], only=["finetune"])
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("out_dir: x\npretrain: {config: configs/pretrain/small.yaml}\n")
+    with pytest.raises(ConfigError, match="missing config key ctc"):
+        load_config(RecipeConfig, bad)
+
+
+@pytest.mark.slow
+def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
+    """data -> pretrain -> ctc -> speaker -> evaluate -> package on a 0.1 h corpus, a few steps each;
+    the packaged file holds both heads in fp16 and loads; a second run skips every stage."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    require_fsdd()
+    import speechssl
+    from speechssl.checkpoint import read_header
+    from safetensors import safe_open
+
+    out, ship = tmp_path / "recipe", tmp_path / "default.safetensors"
+    tiny = "run.valid_every: 2, run.progress: false, data.max_valid_utterances: 4"
+    overrides = [
+        f"out_dir={out}", f"ship_to={ship}", "data.corpus_hours=0.1", "evaluate.speaker_per_speaker=3",
+        "evaluate.lm_order=2",
+        f"pretrain.set={{optim.max_steps: 3, {tiny}}}",
+        f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, {tiny}}}",
+        f"speaker.set={{optim.max_steps: 3, per_speaker: 2, valid_per_speaker: 4, {tiny}}}",
+    ]
+    state = run_recipe(str(DEFAULT), overrides)
+    assert list(state) == list(STAGES)
+    assert state["pretrain"]["step"] == state["ctc"]["step"] == state["speaker"]["step"] == 3
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"asr_test_greedy", "asr_test_beam_lm", "digits_held_out_speaker", "speaker_test"}
+    assert results["digits_held_out_speaker"]["utterances"] == 500  # one FSDD speaker, never trained on
+    assert 0 <= results["speaker_test"]["eer"] <= 1 and "baselines" in results["speaker_test"]
+    fsdd_train = [json.loads(line) for line in (out / "manifests" / "fsdd-train.jsonl").read_text().splitlines()]
+    assert len(fsdd_train) == 1500 and "yweweler" not in {r["speaker"] for r in fsdd_train}
+
+    with safe_open(str(ship), framework="pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    assert json.loads(read_header(ship)["metadata"])["results"]["digits_held_out_speaker"]["utterances"] == 500
+    model = speechssl.load(ship, device="cpu")
+    assert model.heads == ["embeddings", "ctc", "speaker"]
+    assert model.speaker_threshold is not None
+
+    again = run_recipe(str(DEFAULT), overrides)  # all done: every stage is skipped
+    assert again == state
+    ship.unlink()
+    run_recipe(str(DEFAULT), overrides, only=["package"])
+    assert ship.is_file()
