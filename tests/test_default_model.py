@@ -1,0 +1,100 @@
+"""The model shipped in the package (speechssl/assets/default.safetensors, made by
+`make default-model`): it loads with no path, transcribes synthesised speech, and a
+`speechssl serve` with no checkpoint answers every head over real HTTP."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import jiwer
+import numpy as np
+import pytest
+
+import speechssl
+from speechssl.api import DEFAULT_CHECKPOINT
+from speechssl.data.synth import Speaker, render
+from tests.conftest import FIXTURES
+from tests.test_server import free_port
+
+# A voice of the recipe's training split (corpus seed 0) reading sentences that are not in
+# any split of the corpus (they are not in the sentence pool's train part).
+VOICE = Speaker("espeak", "en-us+m3", 65, 165)
+SENTENCES = [
+    "the old man walked to the market in the morning",
+    "she gave the children some water and bread",
+    "we will meet at the station after dinner",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    assert DEFAULT_CHECKPOINT.is_file(), "the default model is missing: make default-model"
+    return speechssl.load(device="cpu")
+
+
+def test_shipped_model_is_small_and_complete(model):
+    assert DEFAULT_CHECKPOINT.stat().st_size < 50e6
+    assert model.name == "default" and model.heads == ["embeddings", "ctc", "speaker"]
+    assert model.speaker_threshold is not None
+    assert {"asr_test_greedy", "speaker_test"} <= set(model.metadata["results"])
+
+
+def test_shipped_model_transcribes_synthesised_speech(model, tmp_path):
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    items = [(f"wav/{i}.wav", text) for i, text in enumerate(SENTENCES)]
+    rendered = render(tmp_path, VOICE, items)
+    assert all(seconds for _, seconds, _ in rendered)
+    hyps = [t.text for t in model.transcribe([str(tmp_path / rel) for rel, _ in items], timestamps=False)]
+    cer = jiwer.cer(SENTENCES, hyps)
+    # Measured 0.202 greedy (0.186 with beam search) for the CPU-made model: the issue's
+    # target of 0.2 is not met yet (docs/model-card.md); this guards against regressions.
+    assert cer < 0.25, f"CER {cer:.3f}: {hyps}"
+
+
+def test_speaker_vectors_of_the_shipped_model(model, tmp_path):
+    a = model.speaker_vector(str(FIXTURES / "speech.wav"))
+    assert a.shape == (model.speaker_head.dim,) and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)
+    same = model.verify(str(FIXTURES / "speech.wav"), str(FIXTURES / "speech.flac"))
+    assert same.score > 0.95 and same.same_speaker  # the same recording, losslessly re-encoded
+
+
+def test_serve_without_a_checkpoint_answers_every_head(tmp_path):
+    """`speechssl serve` as a user starts it: a subprocess, the shipped model, loopback HTTP."""
+    assert DEFAULT_CHECKPOINT.is_file(), "the default model is missing: make default-model"
+    port = free_port()
+    env = {**os.environ, "SPEECHSSL_DEVICE": "cpu"}
+    env.pop("SPEECHSSL_CHECKPOINT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "speechssl.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        models = httpx.get(url + "/v1/models").json()["data"][0]
+        assert models["heads"] == ["embeddings", "ctc", "speaker"]
+        audio = (FIXTURES / "speech.wav").read_bytes()
+        files = {"file": ("speech.wav", audio, "audio/wav")}
+        text = httpx.post(url + "/v1/audio/transcriptions", files=files, timeout=60)
+        assert text.status_code == 200 and text.json()["text"].strip()
+        emb = httpx.post(url + "/v1/embeddings", files=files, timeout=60)
+        assert emb.status_code == 200 and len(emb.json()["data"][0]["embedding"]) == models["hidden_size"]
+        spk = httpx.post(url + "/v1/speakers/embed", files=files, timeout=60)
+        assert spk.status_code == 200 and spk.json()["dim"] == len(spk.json()["embedding"])
+        pair = {"file_a": ("a.wav", audio, "audio/wav"), "file_b": ("b.wav", audio, "audio/wav")}
+        verify = httpx.post(url + "/v1/speakers/verify", files=pair, timeout=60)
+        assert verify.status_code == 200 and verify.json()["same_speaker"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
