@@ -69,7 +69,8 @@ def test_unknown_stage_and_missing_stage_config(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
-    """data -> pretrain -> ctc -> speaker -> evaluate -> package on a 0.1 h corpus, a few steps each;
+    """data -> pretrain -> ctc -> speaker -> evaluate -> package on a 0.2 h corpus (0.1 h gives one
+    validation utterance per voice: no same-speaker trial), a few steps each;
     the packaged file holds both heads in fp16 and loads; a second run skips every stage."""
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed (make test installs it)")
@@ -79,13 +80,16 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     from safetensors import safe_open
 
     out, ship = tmp_path / "recipe", tmp_path / "default.safetensors"
-    tiny = "run.valid_every: 2, run.progress: false, data.max_valid_utterances: 4"
+    tiny = "run.valid_every: 2, run.progress: false"
     overrides = [
-        f"out_dir={out}", f"ship_to={ship}", "data.corpus_hours=0.1", "evaluate.speaker_per_speaker=3",
+        f"out_dir={out}", f"ship_to={ship}", "data.corpus_hours=0.2", "evaluate.speaker_per_speaker=3",
         "evaluate.lm_order=2",
-        f"pretrain.set={{optim.max_steps: 3, {tiny}}}",
-        f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, {tiny}}}",
-        f"speaker.set={{optim.max_steps: 3, per_speaker: 2, valid_per_speaker: 4, {tiny}}}",
+        f"pretrain.set={{optim.max_steps: 3, data.max_valid_utterances: 4, {tiny}}}",
+        f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, data.max_valid_utterances: 4, "
+        f"{tiny}}}",
+        # Valid utterances interleave speaker by speaker: 4 speakers need 8 for same-speaker trials.
+        f"speaker.set={{optim.max_steps: 3, per_speaker: 2, valid_per_speaker: 4, data.max_valid_utterances: 8, "
+        f"{tiny}}}",
     ]
     state = run_recipe(str(DEFAULT), overrides)
     assert list(state) == list(STAGES)

@@ -382,3 +382,15 @@ def test_live_top_layers_reproduce_the_encoder(tiny_checkpoint):
         again = model.run_live_layers(states.clone(), out.lengths)
     for row, n in enumerate(out.lengths.tolist()):
         torch.testing.assert_close(again[row, :n], states[row, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_a_validation_cut_without_trials_fails_before_training(tiny_checkpoint, digit_manifests, tmp_path, capsys):
+    """Validation keeps utterances speaker by speaker: cut to one per speaker, it has no same-speaker
+    trial, and train-speaker says so before any step instead of after the first stretch of training."""
+    out, config = tmp_path / "run", tmp_path / "speaker.yaml"
+    config.write_text("augment:\n  speeds: [1.0]\n")
+    args = train_args(tiny_checkpoint, digit_manifests, out, 8)
+    speakers = {json.loads(line)["speaker"] for line in digit_manifests[1].read_text().splitlines()}
+    assert main(["train-speaker", str(config), *args, f"data.max_valid_utterances={len(speakers)}"]) == 2
+    assert "cannot make speaker trials" in capsys.readouterr().err
+    assert not (out / "metrics.jsonl").exists()

@@ -42,7 +42,7 @@ from speechssl.models.heads import AamSoftmax, SpeakerHead
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import StepResult, TrainSummary, resolve_device, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
-from speechssl.verification import cosine_scores, make_trials
+from speechssl.verification import TrialError, cosine_scores, make_trials
 
 log = logging.getLogger("speechssl.speaker")
 
@@ -449,6 +449,12 @@ def run_train_speaker(config_path: str | None, overrides: list[str], resume: boo
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     train_utts, valid_utts = load_speaker_data(config)
+    try:  # fail now, not at the first validation after minutes of training
+        make_trials([u.speaker for u in valid_utts[: config.data.max_valid_utterances]])
+    except TrialError as err:
+        raise ConfigError(f"the validation utterances kept (data.max_valid_utterances="
+                          f"{config.data.max_valid_utterances}, valid_per_speaker={config.valid_per_speaker}) "
+                          f"cannot make speaker trials: {err}") from None
     log.info("training on %d utterances of %d speakers; validating on %d of %d", len(train_utts),
              len({u.speaker for u in train_utts}), len(valid_utts), len({u.speaker for u in valid_utts}))
     torch.manual_seed(config.run.seed)
