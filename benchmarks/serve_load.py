@@ -220,7 +220,8 @@ def main() -> None:
     if not (args.url or args.checkpoint):
         parser.error("pass --checkpoint (or --url of a running server)")
 
-    clips = [(p.name, p.read_bytes(), seconds) for p, seconds in find_clips(args.audio, args.clips)]
+    found = find_clips(args.audio, args.clips)
+    clips = [(p.name, p.read_bytes(), seconds) for p, seconds in found]
     route = ROUTES[args.route]
     report = {"route": route, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
               "device": args.device, "checkpoint": args.checkpoint, "clips": len(clips),
@@ -235,7 +236,8 @@ def main() -> None:
         for server in servers.values():
             if server:
                 server.wait_ready()
-        offline = None if args.no_offline or not args.checkpoint else Offline(args.checkpoint, args.device, args.route, paths)
+        offline = None if args.no_offline or not args.checkpoint else Offline(args.checkpoint, args.device, args.route,
+                                                                                   [p for p, _ in found])
         tallies = {label: Tally() for label in servers}
         for _ in range(args.rounds):
             for label, server in servers.items():

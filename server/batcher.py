@@ -1,10 +1,12 @@
 """Dynamic batching: concurrent requests share one forward pass on the device.
 
-Requests wait in a bounded queue. One worker takes the oldest, gathers others with
-the same operation for up to ``max_wait_ms`` (or until ``max_batch_seconds`` of
-padded audio or ``max_batch_items``), and runs the batch in a single model thread
-so the event loop stays free. Within a batch the pipeline sorts by length, so
-padding stays small.
+Requests wait in a bounded queue. One worker takes the oldest and looks at every request
+waiting with the same operation (waiting up to ``max_wait_ms`` for company while there is
+less than one batch of it). The batch is the oldest request plus the waiting ones nearest
+its length, up to ``max_batch_seconds`` of padded audio and ``max_batch_items``; the rest
+wait for the next batch, in arrival order. A batch of similar lengths pads little: on a CPU
+a batch in arrival order (clips of 0.7 to 8 s) spent about a third of its work on padding.
+The batch runs in a single model thread so the event loop stays free.
 """
 
 from __future__ import annotations
@@ -39,6 +41,29 @@ class Job:
     @property
     def seconds(self) -> float:
         return len(self.wave) / SAMPLE_RATE
+
+
+def similar_lengths(seconds: list[float], max_seconds: float, max_items: int) -> list[int]:
+    """Indices of a batch holding item 0 (the oldest request) and the items nearest its length.
+
+    The batch grows one length-order neighbour at a time, the shorter or the longer one,
+    whichever adds less padding, while the padded seconds (longest x count) stay within
+    ``max_seconds``. Item 0 is always in, even alone over the bound.
+    """
+    order = sorted(range(len(seconds)), key=lambda i: (seconds[i], i))
+    lo = hi = order.index(0)
+    while hi - lo + 1 < max_items:
+        longest, count, options = seconds[order[hi]], hi - lo + 1, []
+        if lo > 0:  # a shorter item pads up to the longest
+            options.append((longest - seconds[order[lo - 1]], lo - 1, hi, longest))
+        if hi + 1 < len(order):  # a longer item pads every item already in
+            grown = seconds[order[hi + 1]]
+            options.append(((grown - longest) * count, lo, hi + 1, grown))
+        fitting = [o for o in options if o[3] * (count + 1) <= max_seconds]
+        if not fitting:
+            break
+        _, lo, hi, _ = min(fitting)
+    return sorted(order[k] for k in range(lo, hi + 1))
 
 
 class Batcher:
@@ -81,25 +106,24 @@ class Batcher:
 
     async def gather(self) -> list[Job]:
         first = await self.next_job(None)
-        batch, longest = [first], first.seconds
-        deadline = time.monotonic() + self.max_wait
-        skipped: list[Job] = []
-        while len(batch) < self.max_batch_items:
+        jobs, deadline = [first], time.monotonic() + self.max_wait
+        while True:
+            jobs += self.pending  # everything waiting now is a candidate
+            self.pending = []
+            while not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            same = [job for job in jobs if job.op == first.op]
+            if len(same) >= self.max_batch_items or sum(j.seconds for j in same) >= self.max_batch_seconds:
+                break
             remaining = deadline - time.monotonic()
-            job = self.queue.get_nowait() if not self.queue.empty() else (
-                await self.next_job(remaining) if remaining > 0 else None)
+            job = await self.next_job(remaining) if remaining > 0 else None
             if job is None:
                 break
-            padded = max(longest, job.seconds) * (len(batch) + 1)  # padded seconds with this job in
-            if job.op != first.op or padded > self.max_batch_seconds:
-                skipped.append(job)
-                if job.op == first.op:
-                    break  # the batch is full; this one starts the next
-                continue
-            batch.append(job)
-            longest = max(longest, job.seconds)
-        self.pending = skipped + self.pending
-        return batch
+            jobs.append(job)
+        chosen = {id(same[i]) for i in similar_lengths([j.seconds for j in same], self.max_batch_seconds,
+                                                         self.max_batch_items)}
+        self.pending = sorted((j for j in jobs if id(j) not in chosen), key=lambda j: j.queued_at)
+        return [j for j in same if id(j) in chosen]
 
     async def worker(self) -> None:
         loop = asyncio.get_running_loop()
