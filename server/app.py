@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device)
+        model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device, settings.quantize)
         model.max_batch_seconds = settings.batch_seconds(model.device.type)
         await asyncio.to_thread(warm_up, model)
         app.state.model = model

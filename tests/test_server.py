@@ -172,3 +172,16 @@ def test_route_whose_head_is_missing_says_so(server, speech, route, files, head)
     error = response.json()["error"]
     assert error["code"] == "head_missing" and head in error["message"] and "it holds: embeddings" in error["message"]
     assert httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"][0]["heads"] == ["embeddings"]
+
+
+def test_int8_server_stays_close_to_fp32(server, checkpoint, speech):
+    """SPEECHSSL_QUANTIZE=int8 (`serve --int8`): a real server with int8 matmul weights answers
+    what the fp32 one does, up to quantization; an unknown mode is refused at start."""
+    files = {"file": ("a.wav", speech, "audio/wav")}
+    fp32 = np.array(httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).json()["data"][0]["embedding"])
+    with LiveServer(Settings(checkpoint=checkpoint, device="cpu", quantize="int8")) as live:
+        int8 = np.array(httpx.post(live.url + "/v1/embeddings", files=files).json()["data"][0]["embedding"])
+    cosine = fp32 @ int8 / (np.linalg.norm(fp32) * np.linalg.norm(int8))
+    assert cosine > 0.98 and not np.allclose(fp32, int8)
+    with pytest.raises(ValueError, match="quantize"):
+        Settings(quantize="int4")
