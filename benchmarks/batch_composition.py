@@ -17,7 +17,6 @@ replays a stream of clips in-process, the model alone, batched four ways, interl
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
@@ -31,7 +30,9 @@ from _common import interleaved, machine, table, write_json  # noqa: E402
 
 import speechssl  # noqa: E402
 from server.batcher import similar_lengths  # noqa: E402
+from server.settings import Settings  # noqa: E402
 from speechssl.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from speechssl.data.manifest import read_manifest  # noqa: E402
 
 Picker = Callable[[list[float], float], list[int]]
 
@@ -61,7 +62,7 @@ def replay(encode: Callable[[list], object], waves: list, in_flight: int, bound:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="default: the shipped model")
-    parser.add_argument("--audio", type=Path, required=True, help="JSONL manifest (paths relative to it)")
+    parser.add_argument("--audio", type=Path, required=True, help="JSONL manifest")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=16, help="requests waiting at a time (the load's clients)")
     parser.add_argument("--max-batch-seconds", type=float, default=32.0, help="padded bound (the CPU server's)")
@@ -69,15 +70,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    rows = [json.loads(line) for line in args.audio.read_text().splitlines() if line.strip()][: args.clips]
-    waves = [load_audio(args.audio.parent / row["path"]) for row in rows]
+    waves = [load_audio(u.path) for u in read_manifest(args.audio)[: args.clips]]
     model = speechssl.load(args.checkpoint, "cpu")
     model.max_batch_seconds = args.max_batch_seconds
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
-    bound, n = args.max_batch_seconds, args.in_flight
+    bound, n, items = args.max_batch_seconds, args.in_flight, Settings().max_batch_items
     systems = {
         "offline": lambda: model.encode(waves),
-        "similar": lambda: replay(model.encode, waves, n, bound, lambda s, b: similar_lengths(s, b, 64)),
+        "similar": lambda: replay(model.encode, waves, n, bound, lambda s, b: similar_lengths(s, b, items)),
         "fifo": lambda: replay(model.encode, waves, n, bound, fifo),
         "single": lambda: replay(model.encode, waves, n, bound, lambda s, b: [0]),
     }

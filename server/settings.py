@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="queued requests before 503 + Retry-After")
     threads: int | None = Field(None, description="torch intra-op threads")
     quantize: Literal["int8"] | None = Field(None, description="int8: int8 weights for the encoder's matmuls "
-                                             "(CPU only; faster, CER +0.04 points on the test split: docs/benchmarks.md)")
+                                             "(CPU only; faster, CER +0.05 points on the shipped model's test split: docs/benchmarks.md)")
     log_level: str = "info"
 
     def batch_seconds(self, device_type: str) -> float:

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", dest="max_batch_items", type=int, default=None,
                        help="most requests per device batch; 1 disables batching")
     serve.add_argument("--int8", dest="quantize", action="store_const", const="int8", default=None,
-                       help="int8 weights for the encoder's matmuls (CPU only): ~1.4x faster, CER +0.04 points "
+                       help="int8 weights for the encoder's matmuls (CPU only): ~1.4x faster, CER +0.05 points "
                        "on the shipped model's test split (docs/benchmarks.md)")
     return parser
 
