@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same corpus")
     synth.add_argument("--jobs", type=int, default=2, help="parallel synthesizer processes (default 2)")
 
+    voices = data_sub.add_parser("voices", help="synthesise more training voices for speaker verification",
+                                 description="Add voices to a corpus made by `data synth`, for train-speaker: "
+                                 "new pitch/rate settings of its training voice families (never a valid or test "
+                                 "voice), reading its training sentences. Writes OUT/train.jsonl; re-running skips "
+                                 "files that already exist.")
+    voices.add_argument("--corpus", required=True, type=Path, help="the corpus folder (with its synth.json)")
+    voices.add_argument("--out", required=True, type=Path, help="output folder")
+    voices.add_argument("--speakers", type=int, default=400, help="new voice settings (default 400)")
+    voices.add_argument("--per-speaker", type=int, default=24, help="utterances per voice (default 24)")
+    voices.add_argument("--jobs", type=int, default=2, help="parallel synthesizer processes (default 2)")
+
     manifest = data_sub.add_parser("manifest", help="write a JSONL manifest for a folder, LibriSpeech tree or CSV",
                                    description="Scan audio and write JSONL rows {id, path, duration, text?, speaker?}.")
     manifest.add_argument("src", type=Path, help="folder or CSV file")
@@ -223,6 +234,12 @@ def run(args: argparse.Namespace) -> int:
         from speechssl.data.synth import main_synth
 
         main_synth(args.out, args.hours, seed=args.seed, jobs=args.jobs)
+    elif args.command == "data" and args.data_command == "voices":
+        from speechssl.data.synth import main_voices
+
+        if args.speakers < 1 or args.per_speaker < 1:
+            raise ConfigError("--speakers and --per-speaker must be >= 1")
+        main_voices(args.out, args.corpus, args.speakers, args.per_speaker, jobs=args.jobs)
     elif args.command == "data" and args.data_command == "manifest":
         from speechssl.data.manifest import build_manifest, write_manifest
 

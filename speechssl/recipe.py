@@ -42,6 +42,14 @@ class DataSources:
     librispeech: str = "../shared/data/librispeech-clips/train-clean-100"  # real unlabeled audio, 251 speakers
     fsdd: str = "../shared/data/fsdd/recordings"  # real digit words, 4 speakers
     fsdd_test_speaker: str = "yweweler"  # held out of every stage, for the digit WER on an unseen voice
+    # More synthetic training voices for the speaker stage only (`speechssl data voices`): new
+    # pitch/rate settings of the corpus's training voice families; 0 adds none.
+    voices: int = 400
+    voices_per_speaker: int = 24
+
+    def validate(self) -> None:
+        if self.voices < 0 or self.voices_per_speaker < 1:
+            raise ConfigError("data.voices must be >= 0 and data.voices_per_speaker >= 1")
 
 
 @dataclass
@@ -82,6 +90,10 @@ class Recipe:
     def corpus(self) -> Path:
         return self.out / "corpus"
 
+    @property
+    def voices(self) -> Path:
+        return self.out / "voices"
+
     def manifest(self, name: str) -> str:
         return str(self.out / "manifests" / f"{name}.jsonl")
 
@@ -115,11 +127,13 @@ class Recipe:
 
     def stage_data(self) -> dict[str, Any]:
         from speechssl.data.manifest import build_manifest, write_manifest
-        from speechssl.data.synth import main_synth
+        from speechssl.data.synth import main_synth, main_voices
 
         src = self.config.data
         hours = src.gpu_corpus_hours if self.gpu else src.corpus_hours
         main_synth(self.corpus, hours, seed=src.corpus_seed)
+        if src.voices:
+            main_voices(self.voices, self.corpus, src.voices, src.voices_per_speaker)
         librispeech = build_manifest(src.librispeech, "folder")
         write_manifest(librispeech, self.manifest("librispeech"))
         fsdd = build_manifest(src.fsdd, "fsdd")
@@ -128,7 +142,8 @@ class Recipe:
             raise ConfigError(f"data.fsdd_test_speaker: no FSDD recordings of {src.fsdd_test_speaker!r}")
         write_manifest([u for u in fsdd if u.speaker != src.fsdd_test_speaker], self.manifest("fsdd-train"))
         write_manifest(held_out, self.manifest("fsdd-test"))
-        return {"corpus_hours": hours, "librispeech_utterances": len(librispeech), "fsdd_utterances": len(fsdd)}
+        return {"corpus_hours": hours, "librispeech_utterances": len(librispeech), "fsdd_utterances": len(fsdd),
+                "voices": src.voices}
 
     def train_stage(self, name: str, run, paths: dict[str, Any]) -> dict[str, Any]:
         """A training command (``run``: run_pretrain, run_finetune_ctc, ...) on the recipe's paths."""
@@ -156,9 +171,12 @@ class Recipe:
 
         # On the fine-tuned encoder, so one encoder serves both heads; LibriSpeech rows name
         # their speaker only in the file name.
+        train = [str(self.corpus / "train.jsonl"), self.manifest("librispeech"), self.manifest("fsdd-train")]
+        if self.config.data.voices:
+            train.append(str(self.voices / "train.jsonl"))
         return self.train_stage("speaker", run_train_speaker, {
             "init_from": self.best("ctc"),
-            "data.train": [str(self.corpus / "train.jsonl"), self.manifest("librispeech"), self.manifest("fsdd-train")],
+            "data.train": train,
             "data.valid": [str(self.corpus / "valid.jsonl")], "speaker_id_pattern": "^([0-9]+)-",
             "run.out_dir": str(self.out / "speaker")})
 

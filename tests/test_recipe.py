@@ -52,6 +52,7 @@ def test_gpu_settings_only_on_a_gpu(tmp_path):
     (["ship_dtype=int8"], "ship_dtype must be float16 or float32"),
     (["ctc.sett={a: 1}"], "unknown config key ctc.sett"),
     (["data.corpus_hours=lots"], "data.corpus_hours: expected float"),
+    (["data.voices=-1"], "data.voices must be >= 0"),
 ])
 def test_bad_recipe_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -83,7 +84,7 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     tiny = "run.valid_every: 2, run.progress: false"
     overrides = [
         f"out_dir={out}", f"ship_to={ship}", "data.corpus_hours=0.2", "evaluate.speaker_per_speaker=3",
-        "evaluate.lm_order=2",
+        "evaluate.lm_order=2", "data.voices=3", "data.voices_per_speaker=2",
         f"pretrain.set={{optim.max_steps: 3, data.max_valid_utterances: 4, {tiny}}}",
         f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, data.max_valid_utterances: 4, "
         f"{tiny}}}",
@@ -100,6 +101,10 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     assert 0 <= results["speaker_test"]["eer"] <= 1 and "baselines" in results["speaker_test"]
     fsdd_train = [json.loads(line) for line in (out / "manifests" / "fsdd-train.jsonl").read_text().splitlines()]
     assert len(fsdd_train) == 1500 and "yweweler" not in {r["speaker"] for r in fsdd_train}
+    voices = (out / "voices" / "train.jsonl").read_text().splitlines()
+    assert len(voices) == 6  # 3 extra training voices, 2 utterances each, for the speaker stage
+    speaker_config = json.loads((out / "speaker" / "config.json").read_text())
+    assert str(out / "voices" / "train.jsonl") in speaker_config["data"]["train"]
 
     with safe_open(str(ship), framework="pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}

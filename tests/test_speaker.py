@@ -17,7 +17,7 @@ from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, s
 from speechssl.cli import main
 from speechssl.config import ConfigError
 from speechssl.metrics import eer, min_dcf
-from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead
+from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead, log_mel_frames
 from speechssl.verification import TrialError, Verification, make_trials, read_trials
 from tests.conftest import require_fsdd
 
@@ -50,18 +50,65 @@ def waves(*seconds: float) -> list[np.ndarray]:
 # --- head and loss -------------------------------------------------------------------
 
 
-def test_pooling_ignores_padding_batch_equals_items():
+@pytest.mark.parametrize("context, mel_bins", [([], 0), ([1, 2], 0), ([1, 2], 5)],
+                         ids=["pooling-only", "time-convolutions", "with-spectra"])
+def test_pooling_ignores_padding_batch_equals_items(context, mel_bins):
     torch.manual_seed(0)
-    head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6).eval()
+    head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, context=context,
+                       mel_bins=mel_bins).eval()
     lengths = torch.tensor([7, 3, 5])
     states = torch.randn(3, 7, 3, 12)
     states[1, 3:] = 1e3  # padding content must not matter
     states[2, 5:] = float("nan")
-    batch = head(states, lengths)
+    mel = torch.randn(3, 7, 5) if mel_bins else None
+    if mel is not None:
+        mel[1, 3:] = 1e3
+    batch = head(states, lengths, mel=mel)
     for row, n in enumerate(lengths.tolist()):
-        alone = head(states[row : row + 1, :n], lengths[row : row + 1])
+        alone = head(states[row : row + 1, :n], lengths[row : row + 1],
+                     mel=None if mel is None else mel[row : row + 1, :n])
         torch.testing.assert_close(batch[row], alone[0], atol=1e-5, rtol=1e-5)
     assert batch.shape == (3, 8) and torch.isfinite(batch).all()
+
+
+def test_log_mel_frames_line_up_with_the_encoder_and_ignore_padding(tiny_checkpoint):
+    from speechssl.checkpoint import load_into
+    from speechssl.models.wav2vec2 import Wav2Vec2Model
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    encoder = Wav2Vec2Model(ckpt.model_config).eval()
+    load_into(encoder, ckpt.state_dict, prefix="wav2vec2.")
+    clips = [torch.from_numpy(w) for w in waves(1.0, 0.37, 0.51)]
+    lengths = torch.tensor([len(c) for c in clips])
+    padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    with torch.no_grad():
+        out = encoder(padded, lengths)
+    frames = out.hidden_states[0].shape[1]
+    batch = log_mel_frames(padded, frames, 40)
+    assert batch.shape == (3, frames, 40)
+    for row, clip in enumerate(clips):
+        n = int(out.lengths[row])
+        alone = log_mel_frames(clip[None], n, 40)
+        assert alone.shape == (1, n, 40)  # one spectrum per encoder frame
+        torch.testing.assert_close(batch[row, :n], alone[0], atol=1e-4, rtol=1e-4)
+    louder = log_mel_frames(clips[0][None] * 8, frames, 40)  # gain drops out
+    torch.testing.assert_close(louder[0, :100], batch[0, :100], atol=1e-3, rtol=1e-3)
+
+
+def test_a_mel_head_needs_its_spectra():
+    torch.manual_seed(0)
+    head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, mel_bins=5).eval()
+    states, lengths = torch.randn(2, 7, 3, 12), torch.tensor([7, 4])
+    mel = torch.randn(2, 7, 5)
+    vectors = head(states, lengths, mel=mel)
+    other = mel.clone()
+    other[0] += torch.randn(7, 5)  # the spectra change the vector
+    assert not torch.allclose(head(states, lengths, mel=other)[0], vectors[0])
+    torch.testing.assert_close(head(states, lengths, mel=other)[1], vectors[1])
+    with pytest.raises(ValueError, match="reads 5 log-mel bins per frame"):
+        head(states, lengths)
+    with pytest.raises(ValueError, match="needs channels > 0"):
+        SpeakerHead(hidden_size=12, num_layers=2, channels=0, mel_bins=5)
 
 
 def test_attentive_stats_of_one_frame_and_of_constant_frames():
@@ -361,6 +408,22 @@ def test_train_speaker_stores_threshold_and_resumes(tiny_checkpoint, digit_manif
     for key in (k for k in a.state_dict if k.startswith("speaker_head.")):
         torch.testing.assert_close(a.state_dict[key], b.state_dict[key])
     assert len(list(parts.glob("bank-*.pt"))) == 1
+
+
+def test_train_speaker_with_spectra_and_time_convolutions(tiny_checkpoint, digit_manifests, tmp_path, capsys):
+    out = tmp_path / "mel"
+    args = [*train_args(tiny_checkpoint, digit_manifests, out, 4), "head.mel_bins=20", "head.context=[1,2]"]
+    config = tmp_path / "speaker.yaml"
+    config.write_text("augment:\n  speeds: [1.0]\n")
+    assert main(["train-speaker", str(config), *args]) == 0
+    capsys.readouterr()
+    bank = torch.load(next(out.glob("bank-*.pt")), weights_only=False)
+    assert bank["mel"].shape == (bank["frames"].shape[0], 20)  # a spectrum beside every cached frame
+    model = speechssl.load(out / "best.safetensors", device="cpu")
+    assert model.speaker_head.mel_bins == 20 and model.speaker_head.context == [1, 2]
+    a, b = model.speaker_vector(waves(1.0, 0.8), sample_rate=16000)
+    assert a.shape == (16,) and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
+    assert model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000).score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_live_top_layers_reproduce_the_encoder(tiny_checkpoint):

@@ -85,6 +85,37 @@ def test_resume_skips_existing_files(corpus, tmp_path):
     assert _run(copy).skipped == first.files
 
 
+def test_extra_voices_come_from_training_families_and_sentences(corpus, tmp_path):
+    out, _ = corpus
+    rows = {split: read_manifest(out / f"{split}.jsonl") for split in synth.SPLITS}
+    report = synth.synthesize_voices(tmp_path / "voices", out, speakers=4, per_speaker=3)
+    voices = read_manifest(tmp_path / "voices" / "train.jsonl")
+    assert report.failed == 0 and len(voices) == 12 and len({u.speaker for u in voices}) == 4
+    assert not (tmp_path / "voices" / "test.jsonl").exists()  # training voices only
+    by_id = {s.id: s for e in synth.ALL_ENGINES for s in synth.catalogue(e)}
+    family = {split: {by_id[u.speaker].family for u in r} for split, r in rows.items()}
+    for utt in voices:
+        assert by_id[utt.speaker].family in family["train"] - family["valid"] - family["test"]
+        assert utt.speaker not in {u.speaker for r in rows.values() for u in r}  # a new setting
+        assert sf.info(utt.path).samplerate == 16000 and utt.text
+    held_out_texts = {u.text for split in ("valid", "test") for u in rows[split]}
+    assert not {u.text for u in voices} & held_out_texts
+    again = synth.synthesize_voices(tmp_path / "voices", out, speakers=4, per_speaker=3)
+    assert again.skipped == 12 and read_manifest(tmp_path / "voices" / "train.jsonl") == voices
+    with pytest.raises(synth.SynthError, match="not a corpus made by"):
+        synth.synthesize_voices(tmp_path / "v2", tmp_path / "voices" / "wav", speakers=1, per_speaker=1)
+
+
+def test_voices_command_refuses_bad_arguments(corpus, tmp_path, capsys):
+    from speechssl.cli import main
+
+    out, _ = corpus
+    assert main(["data", "voices", "--corpus", str(tmp_path), "--out", str(tmp_path / "v")]) == 2
+    assert "not a corpus made by `speechssl data synth`" in capsys.readouterr().err
+    assert main(["data", "voices", "--corpus", str(out), "--out", str(tmp_path / "v"), "--speakers", "0"]) == 2
+    assert "--speakers and --per-speaker must be >= 1" in capsys.readouterr().err
+
+
 def test_missing_synthesizer_messages(monkeypatch, tmp_path):
     real_which = shutil.which
     monkeypatch.setattr(synth.shutil, "which", lambda b: None if b == "flite" else real_which(b))

@@ -198,14 +198,18 @@ def split_speakers(speakers: list[Speaker], rng: random.Random,
     return {s: split_of[s.family] for s in speakers}
 
 
+def sentence_splits(n: int, test_frac: float, valid_frac: float) -> dict[str, range]:
+    """Which sentence indices each split reads: test first, then valid, the rest train."""
+    n_test = max(1, round(n * test_frac))
+    n_valid = max(1, round(n * valid_frac))
+    return {"test": range(0, n_test), "valid": range(n_test, n_test + n_valid), "train": range(n_test + n_valid, n)}
+
+
 def plan(sentences: list[str], speakers: dict[Speaker, str], hours: float, seed: int,
          test_frac: float, valid_frac: float) -> list[PlannedUtterance]:
     """Pick (speaker, sentence) pairs until the estimated audio reaches `hours`."""
     rng = random.Random(f"plan-{seed}")
-    n_test = max(1, round(len(sentences) * test_frac))
-    n_valid = max(1, round(len(sentences) * valid_frac))
-    pools = {"test": range(0, n_test), "valid": range(n_test, n_test + n_valid),
-             "train": range(n_test + n_valid, len(sentences))}
+    pools = sentence_splits(len(sentences), test_frac, valid_frac)
     cursor = {split: 0 for split in SPLITS}
     order = list(speakers)
     weights = [1.0 / s.cost ** 0.5 for s in order]
@@ -354,10 +358,19 @@ def synthesize(out_dir: str | Path, hours: float, seed: int = 0, jobs: int = 2, 
     speakers = split_speakers(choose_speakers(usable, max_speakers, rng), rng, test_frac, valid_frac)
     sentences = sentence_pool(seed)[:max_sentences]
     items = plan(sentences, speakers, hours, seed, test_frac, valid_frac)
+    report = _write_outputs(out, items, _render_all(out, items, jobs, start), len(sentences))
+    report.wall_seconds = time.perf_counter() - start
+    _write_summary(out, report, speakers, seed=seed, hours=hours, engines=usable, max_sentences=max_sentences,
+                   test_frac=test_frac, valid_frac=valid_frac)
+    return report
+
+
+def _render_all(out: Path, items: list[PlannedUtterance], jobs: int,
+                start: float) -> dict[str, tuple[float | None, bool]]:
+    """Render every planned utterance (``jobs`` processes); rel_path -> (seconds or None, skipped)."""
     tasks = [(str(out), spk, batch) for spk, batch in _tasks(items)]
     log.info("synth: %d utterances, %d speakers, %d tasks, %d jobs",
-             len(items), len(speakers), len(tasks), jobs)
-
+             len(items), len({u.speaker for u in items}), len(tasks), jobs)
     results: dict[str, tuple[float | None, bool]] = {}
     if jobs <= 1:
         done = map(_run_task, tasks)
@@ -372,10 +385,44 @@ def synthesize(out_dir: str | Path, hours: float, seed: int = 0, jobs: int = 2, 
     finally:
         if jobs > 1:
             pool.shutdown(cancel_futures=True)
+    return results
 
-    report = _write_outputs(out, items, results, len(sentences))
+
+def synthesize_voices(out_dir: str | Path, corpus: str | Path, speakers: int, per_speaker: int,
+                      jobs: int = 2) -> SynthReport:
+    """More training voices for a corpus made by ``synthesize``: ``out_dir/train.jsonl``.
+
+    Speaker verification learns from many voices, and from the same voice at another pitch
+    or rate counted as another speaker, which a corpus sized for speech-to-text has few of.
+    The new settings come only from voice families of the corpus's train split (never one
+    of its valid or test voices) and read only its train sentences, so the corpus's
+    held-out splits stay held out. Same arguments -> same files.
+    """
+    start = time.perf_counter()
+    out, corpus = Path(out_dir), Path(corpus)
+    try:
+        summary = json.loads((corpus / "synth.json").read_text())
+    except (OSError, ValueError) as err:
+        raise SynthError(f"{corpus}: not a corpus made by `speechssl data synth` (synth.json: {err})") from None
+    used = {sid for ids in summary["speakers"].values() for sid in ids}
+    usable = [e for e in summary["engines"] if e in available_engines(tuple(summary["engines"]))]
+    settings = [s for e in usable for s in catalogue(e)]
+    held_out = {s.family for s in settings if s.id in set(summary["speakers"]["valid"]) | set(summary["speakers"]["test"])}
+    train_families = {s.family for s in settings if s.id in set(summary["speakers"]["train"])}
+    candidates = sorted(s for s in settings if s.family in train_families - held_out and s.id not in used)
+    rng = random.Random(f"voices-{summary['seed']}")
+    chosen = rng.sample(candidates, min(speakers, len(candidates)))
+    if len(chosen) < speakers:
+        log.warning("synth: only %d new voice settings in the train families, not %d", len(chosen), speakers)
+    # The corpus's own sentence cut (synth.json holds it; these defaults are synthesize's).
+    sentences = sentence_pool(summary["seed"])[:summary.get("max_sentences")]
+    pool = list(sentence_splits(len(sentences), summary.get("test_frac", 0.10), summary.get("valid_frac", 0.05))["train"])
+    items = [PlannedUtterance(f"{spk.id}-{idx:06d}", "train", spk, idx, sentences[idx])
+             for spk in sorted(chosen) for idx in rng.sample(pool, min(per_speaker, len(pool)))]
+    report = _write_outputs(out, items, _render_all(out, items, jobs, start), len(sentences))
     report.wall_seconds = time.perf_counter() - start
-    _write_summary(out, report, speakers, seed=seed, hours=hours, engines=usable)
+    _write_summary(out, report, {s: "train" for s in chosen}, corpus=str(corpus), new_voices=speakers,
+                   per_speaker=per_speaker, engines=usable)
     return report
 
 
@@ -394,6 +441,8 @@ def _write_outputs(out: Path, items: list[PlannedUtterance],
         path = str(out.resolve() / u.rel_path)
         rows[u.split].append(Utterance(u.id, path, round(duration, 4), u.text, u.speaker.id))
     for split, split_rows in rows.items():
+        if not any(u.split == split for u in items):  # an extra-voices set has no valid/test part
+            continue
         split_rows.sort(key=lambda r: r.id)
         write_manifest(split_rows, out / f"{split}.jsonl")
         report.utterances[split] = len(split_rows)
@@ -416,10 +465,18 @@ def _write_summary(out: Path, report: SynthReport, speakers: dict[Speaker, str],
 def main_synth(out: str | Path, hours: float, seed: int = 0, jobs: int = 2) -> SynthReport:
     """Entry point for `speechssl data synth`: run, then print a one-line summary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    report = synthesize(out, hours, seed=seed, jobs=jobs)
+    return _print_report(synthesize(out, hours, seed=seed, jobs=jobs))
+
+
+def main_voices(out: str | Path, corpus: str | Path, speakers: int, per_speaker: int, jobs: int = 2) -> SynthReport:
+    """Entry point for `speechssl data voices`: run, then print a one-line summary."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return _print_report(synthesize_voices(out, corpus, speakers, per_speaker, jobs))
+
+
+def _print_report(report: SynthReport) -> SynthReport:
     print(f"synth: {report.files} files ({report.synthesized} new, {report.skipped} kept, "
           f"{report.failed} failed), {report.audio_seconds / 3600:.2f} h audio in "
           f"{report.wall_seconds:.0f} s ({report.speed:.1f}x real time); speakers "
           + ", ".join(f"{k}={v}" for k, v in report.speakers.items()))
     return report
-

@@ -55,23 +55,73 @@ class AttentiveStatsPooling(nn.Module):
         return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=-1)  # (B, 2C)
 
 
+def log_mel_frames(waves: Tensor, frames: int, bins: int) -> Tensor:
+    """(B, N) 16 kHz waves -> (B, frames, bins) log-mel spectra, one per encoder frame.
+
+    25 ms windows every 20 ms, uncentred: the conv feature encoder's receptive field and
+    stride, so frame t covers the same samples as the encoder's frame t. Each frame is
+    normalized over its bins, which keeps the spectral shape and drops the loudness.
+    """
+    import torchaudio
+
+    mel = torchaudio.functional.melscale_fbanks(201, 20.0, 7600.0, bins, 16000, norm="slaney", mel_scale="slaney")
+    window = torch.hann_window(400, device=waves.device)
+    if waves.shape[1] < 400:
+        waves = F.pad(waves, (0, 400 - waves.shape[1]))
+    spec = torch.stft(waves.float(), n_fft=400, hop_length=320, win_length=400, window=window, center=False,
+                      return_complex=True).abs().square()  # (B, 201, T')
+    logmel = (spec.transpose(1, 2) @ mel.to(waves.device)).clamp(min=1e-8).log()  # (B, T', bins)
+    logmel = F.pad(logmel, (0, 0, 0, max(0, frames - logmel.shape[1])))[:, :frames]
+    return F.layer_norm(logmel, (bins,))
+
+
+class TemporalBlock(nn.Module):
+    """x + LayerNorm(ReLU(Conv1d(x))), kernel 3 at ``dilation``, over (B, T, C) frames.
+
+    Frames past each item's length are zeroed first, so an item sees the same zeros
+    beyond its end in a padded batch as alone.
+    """
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size=3, dilation=dilation, padding=dilation)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return x + self.norm(self.conv(x.transpose(1, 2)).transpose(1, 2).relu())
+
+
 class SpeakerHead(nn.Module):
     """A speaker vector from the encoder's layers (SUPERB-style weighted sum, then x-vector pooling).
 
     The transformer input and the first ``num_layers`` layer outputs, each layer-normed,
     are summed with learned softmax weights; a frame-wise linear layer (``channels``; 0
-    skips it) feeds attentive statistics pooling, and a linear projection gives ``dim``
-    numbers. The vector is not normalized here: callers take its unit direction.
+    skips it), then residual dilated convolutions over time (``context``: one layer per
+    dilation, as SUPERB's x-vector downstream), feed attentive statistics pooling, and a
+    linear projection gives ``dim`` numbers. The vector is not normalized here: callers
+    take its unit direction.
+
+    With ``mel_bins`` > 0 the head also reads the log-mel spectrum of each frame
+    (``log_mel_frames``), projected to ``channels`` and added to the encoder's frames: a
+    CTC-tuned encoder keeps what tells characters apart and drops much of the timbre and
+    pitch that tell voices apart, which the spectrum still has.
     """
 
     def __init__(self, hidden_size: int, num_layers: int, dim: int = 192, channels: int = 256,
-                 attention_dim: int = 128):
+                 attention_dim: int = 128, context: tuple[int, ...] | list[int] = (), mel_bins: int = 0):
         super().__init__()
+        if mel_bins and not channels:
+            raise ValueError("a speaker head with mel_bins needs channels > 0")
         self.hidden_size, self.num_layers, self.dim = hidden_size, num_layers, dim
-        self.channels, self.attention_dim = channels, attention_dim
+        self.channels, self.attention_dim, self.context = channels, attention_dim, list(context)
+        self.mel_bins = mel_bins
         self.layer_logits = nn.Parameter(torch.zeros(num_layers + 1))
         width = channels or hidden_size
         self.frame = nn.Sequential(nn.Linear(hidden_size, channels), nn.ReLU(), nn.LayerNorm(channels)) if channels else nn.Identity()
+        if mel_bins:
+            self.mel_frame = nn.Sequential(nn.Linear(mel_bins, channels), nn.ReLU(), nn.LayerNorm(channels))
+        self.convs = nn.ModuleList(TemporalBlock(width, d) for d in self.context)
         self.pooling = AttentiveStatsPooling(width, attention_dim)
         self.norm = nn.LayerNorm(2 * width)
         self.proj = nn.Linear(2 * width, dim)
@@ -79,7 +129,8 @@ class SpeakerHead(nn.Module):
     def config(self) -> dict[str, int]:
         """What rebuilds this head: ``SpeakerHead(**head.config())`` (stored as metadata["speaker_head"])."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "dim": self.dim,
-                "channels": self.channels, "attention_dim": self.attention_dim}
+                "channels": self.channels, "attention_dim": self.attention_dim, "context": self.context,
+                "mel_bins": self.mel_bins}
 
     @property
     def layer_weights(self) -> Tensor:
@@ -92,17 +143,26 @@ class SpeakerHead(nn.Module):
             hidden_states = torch.stack(list(hidden_states)[:count], dim=2)
         return F.layer_norm(hidden_states.float(), (hidden_states.shape[-1],))
 
-    def forward(self, hidden_states: Tensor | list[Tensor], lengths: Tensor, normalized: bool = False) -> Tensor:
+    def forward(self, hidden_states: Tensor | list[Tensor], lengths: Tensor, normalized: bool = False,
+                mel: Tensor | None = None) -> Tensor:
         """hidden_states (B, T, L+1, C) or a list of L+1 tensors (B, T, C); lengths (B,) frames -> (B, dim).
 
         ``normalized``: the states already went through ``normalize_states`` (a training cache).
+        ``mel``: (B, T, mel_bins) from ``log_mel_frames``, required when the head has mel_bins.
         """
         states = hidden_states.float() if normalized else self.normalize_states(hidden_states, self.num_layers + 1)
         if states.shape[2] != self.num_layers + 1:
             raise ValueError(f"the speaker head weights {self.num_layers + 1} hidden states, got {states.shape[2]}")
         x = torch.einsum("btlc,l->btc", states, self.layer_weights)  # (B, T, C)
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
-        pooled = self.pooling(self.frame(x), valid)  # (B, 2 * width)
+        x = self.frame(x)
+        if self.mel_bins:
+            if mel is None or mel.shape[-1] != self.mel_bins:
+                raise ValueError(f"this speaker head reads {self.mel_bins} log-mel bins per frame: pass mel")
+            x = x + self.mel_frame(mel.float()[:, : x.shape[1]])
+        for conv in self.convs:
+            x = conv(x, valid)
+        pooled = self.pooling(x, valid)  # (B, 2 * width)
         return self.proj(self.norm(pooled))
 
 

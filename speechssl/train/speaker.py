@@ -38,7 +38,7 @@ from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, read_manifest
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.metrics import eer, min_dcf
-from speechssl.models.heads import AamSoftmax, SpeakerHead
+from speechssl.models.heads import AamSoftmax, SpeakerHead, log_mel_frames
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import StepResult, TrainSummary, resolve_device, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
@@ -55,6 +55,8 @@ class HeadConfig:
     num_layers: int | None = None  # weight the transformer input and the first N layers; None: all
     channels: int = 256  # frame-wise linear layer before pooling; 0 skips it
     attention_dim: int = 128
+    context: list[int] = field(default_factory=list)  # dilations of residual time convolutions, e.g. [1, 2, 3]
+    mel_bins: int = 0  # also read each frame's log-mel spectrum (e.g. 80); 0: the encoder's frames alone
     margin: float = 0.2  # AAM softmax
     scale: float = 30.0
     margin_warmup_steps: int = 200  # the margin grows from 0 over these updates
@@ -62,6 +64,10 @@ class HeadConfig:
     def validate(self) -> None:
         if self.dim < 1 or self.channels < 0 or self.attention_dim < 1:
             raise ConfigError("head.dim and head.attention_dim must be >= 1, head.channels >= 0")
+        if any(d < 1 for d in self.context):
+            raise ConfigError("head.context: dilations must be >= 1")
+        if self.mel_bins < 0 or (self.mel_bins and not self.channels):
+            raise ConfigError("head.mel_bins must be >= 0, and needs head.channels > 0")
         if not 0 <= self.margin < 1.5 or self.scale <= 0:
             raise ConfigError("head.margin must be in [0, 1.5) radians and head.scale > 0")
 
@@ -178,6 +184,7 @@ class FeatureBank:
     speakers: list[str]  # (N,) the speaker of each item
     speeds: list[float]  # (N,) its speed perturbation (1.0 = none)
     normalized: bool = True
+    mel: Tensor | None = None  # (frames, bins) float16 log-mel spectra beside ``frames``, when the head reads them
 
     def __len__(self) -> int:
         return len(self.speakers)
@@ -194,12 +201,15 @@ class FeatureBank:
 def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: SpeakerConfig, num_states: int,
                device: torch.device, raw: bool = False, progress: bool = True) -> FeatureBank:
     """Window, augment and encode every utterance once (seeded per utterance); ``raw`` keeps the
-    states as the encoder gives them (the top layers' input when they are fine-tuned)."""
+    states as the encoder gives them (the top layers' input when they are fine-tuned). With
+    ``config.head.mel_bins`` the log-mel spectra of the same augmented audio are kept beside them."""
     encoder.eval()
     window = int(config.max_utterance_seconds * SAMPLE_RATE)
     waves_durations = [min(u.duration, config.max_utterance_seconds) for u in utterances]
     sampler = SecondsBatchSampler(waves_durations, config.data.max_batch_seconds, shuffle=False)
     items: list[Tensor | None] = [None] * len(utterances)
+    mels: list[Tensor | None] = [None] * len(utterances)
+    bins = config.head.mel_bins
     speeds = [1.0] * len(utterances)
     for batch in tqdm(list(sampler), desc="encoding training audio", disable=not progress, dynamic_ncols=True):
         waves = []
@@ -218,11 +228,14 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
         out = encoder(padded.to(device), lengths.to(device), num_layers=num_states - 1)
         states = torch.stack(out.hidden_states, dim=2)  # (B, T, L+1, C)
         states = (states if raw else SpeakerHead.normalize_states(states)).half().cpu()
+        mel = log_mel_frames(padded, states.shape[1], bins).half() if bins else None
         for row, i in enumerate(batch):
             items[i] = states[row, : int(out.lengths[row])].clone()
+            if mel is not None:
+                mels[i] = mel[row, : int(out.lengths[row])].clone()
     offsets = torch.tensor([0] + [len(t) for t in items]).cumsum(0)  # type: ignore[arg-type]
     return FeatureBank(torch.cat(items), offsets, [u.speaker for u in utterances], speeds,  # type: ignore[arg-type,misc]
-                       normalized=not raw)
+                       normalized=not raw, mel=torch.cat(mels) if bins else None)  # type: ignore[arg-type]
 
 
 def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int) -> str:
@@ -232,7 +245,7 @@ def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int
             "items": [(u.id, u.path, u.speaker) for u in utterances],
             "augment": {k: v for k, v in dataclasses.asdict(config.augment).items() if k != "speed_as_new_speaker"},
             "max_utterance_seconds": config.max_utterance_seconds, "seed": config.run.seed, "states": num_states,
-            "raw": config.finetune_top_layers > 0}
+            "raw": config.finetune_top_layers > 0, **({"mel_bins": config.head.mel_bins} if config.head.mel_bins else {})}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -242,9 +255,11 @@ class FeatureBatch:
     lengths: Tensor  # (B,) frames
     labels: Tensor  # (B,) class index
     normalized: bool  # states already layer-normed as the head's input
+    mel: Tensor | None = None  # (B, T, bins) float16 log-mel spectra, zero after each item's frames
 
     def to(self, device: torch.device | str) -> FeatureBatch:
-        return FeatureBatch(self.states.to(device), self.lengths.to(device), self.labels.to(device), self.normalized)
+        mel = None if self.mel is None else self.mel.to(device)
+        return FeatureBatch(self.states.to(device), self.lengths.to(device), self.labels.to(device), self.normalized, mel)
 
 
 class CropStream:
@@ -282,10 +297,15 @@ class CropStream:
         frames = [int(offsets[i + 1] - offsets[i]) for i in chosen]
         take = [min(length, n) for n in frames]
         states = torch.zeros(len(chosen), max(take), *self.bank.frames.shape[1:], dtype=self.bank.frames.dtype)
+        bank_mel = self.bank.mel
+        mel = None if bank_mel is None else torch.zeros(len(chosen), max(take), bank_mel.shape[1], dtype=bank_mel.dtype)
         for row, (i, n, t) in enumerate(zip(chosen, frames, take)):
             start = int(offsets[i]) + int(rng.integers(0, n - t + 1))
             states[row, :t] = self.bank.frames[start : start + t]
-        return FeatureBatch(states, torch.tensor(take), self.labels[torch.from_numpy(chosen)], self.bank.normalized)
+            if mel is not None:
+                mel[row, :t] = bank_mel[start : start + t]  # type: ignore[index]
+        return FeatureBatch(states, torch.tensor(take), self.labels[torch.from_numpy(chosen)], self.bank.normalized,
+                            mel)
 
 
 # --- model and task -------------------------------------------------------------------
@@ -307,14 +327,15 @@ class SpeakerModel(nn.Module):
         self.config = config = encoder.config
         self.wav2vec2 = encoder
         self.speaker_head = SpeakerHead(config.hidden_size, head_layers(config, head), head.dim, head.channels,
-                                        head.attention_dim)
+                                        head.attention_dim, head.context, head.mel_bins)
         self.aam = AamSoftmax(head.dim, num_classes, head.margin, head.scale)
         self.live_layers = 0  # top transformer layers run from the bank's states (fine-tuning)
 
-    def forward(self, states: Tensor, lengths: Tensor, labels: Tensor, normalized: bool = False) -> tuple[Tensor, Tensor]:
-        """Bank states (B, T, L+1, C) -> (AAM loss, accuracy of the nearest class centre)."""
+    def forward(self, states: Tensor, lengths: Tensor, labels: Tensor, normalized: bool = False,
+                mel: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Bank states (B, T, L+1, C) and log-mel (B, T, bins) -> (AAM loss, accuracy of the nearest class centre)."""
         states = self.run_live_layers(states.float(), lengths)
-        vectors = self.speaker_head(states, lengths, normalized=normalized)
+        vectors = self.speaker_head(states, lengths, normalized=normalized, mel=mel)
         accuracy = (self.aam.cosine(vectors).argmax(-1) == labels).float().mean()
         return self.aam(vectors, labels), accuracy.detach()
 
@@ -361,13 +382,15 @@ class SpeakerTask:
         path = Path(self.config.run.out_dir) / f"bank-{bank_key(self.config, utterances, num_states)}.pt"
         if path.is_file():
             log.info("feature bank from %s", path)
-            return FeatureBank(**torch.load(path, weights_only=False))
+            # Memory-mapped: a bank of many GB is paged in as crops are read, not copied into RAM.
+            return FeatureBank(**torch.load(path, weights_only=False, mmap=True))
         device = resolve_device(self.config.run.device)
         bank = build_bank(encoder.to(device), utterances, self.config, num_states, device,
                           raw=self.config.finetune_top_layers > 0, progress=self.config.run.progress)
         encoder.cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(dataclasses.asdict(bank), tmp))
+        # vars(), not dataclasses.asdict: asdict deep-copies, a second bank in memory while saving.
+        atomic_write(path, lambda tmp: torch.save(dict(vars(bank)), tmp))
         log.info("feature bank cached at %s", path)
         return bank
 
@@ -382,7 +405,7 @@ class SpeakerTask:
         self.module.live_layers = c.finetune_top_layers if step >= c.finetune_after_steps else 0
 
     def train_step(self, model: nn.Module, batch: FeatureBatch, generator: torch.Generator) -> StepResult:
-        loss, accuracy = model(batch.states, batch.lengths, batch.labels, batch.normalized)
+        loss, accuracy = model(batch.states, batch.lengths, batch.labels, batch.normalized, batch.mel)
         weights = self.module.speaker_head.layer_weights.detach()
         return StepResult(loss, {"accuracy": float(accuracy), "margin": self.module.aam.margin,
                                  "top_layer_weight": float(weights.max()), "top_layer": float(weights.argmax())})
@@ -399,7 +422,9 @@ class SpeakerTask:
             batch: Batch = batch.to(device)
             states, lengths = self.valid_encoding(batch)
             states = module.run_live_layers(states, lengths)
-            vectors.append(module.speaker_head(states, lengths).float().cpu())
+            bins = module.speaker_head.mel_bins
+            mel = log_mel_frames(batch.waves, states.shape[1], bins) if bins else None
+            vectors.append(module.speaker_head(states, lengths, mel=mel).float().cpu())
             speakers.extend(batch.speakers)
         module.train()
         trials = make_trials(speakers, seed=0)
