@@ -410,6 +410,29 @@ def test_train_speaker_stores_threshold_and_resumes(tiny_checkpoint, digit_manif
     assert len(list(parts.glob("bank-*.pt"))) == 1
 
 
+def test_speaker_errors_script_counts_what_the_eer_counts(head_checkpoint, digit_manifests):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "experiments" / "speaker_errors.py"), "--checkpoint",
+                           str(head_checkpoint), "--manifest", str(digit_manifests[1]), "--per-speaker", "4"],
+                          capture_output=True, text=True, check=True, cwd=root)
+    report = json.loads(done.stdout)
+    evaluated = speechssl.load(head_checkpoint, device="cpu")
+    from speechssl.data.manifest import read_manifest
+    from speechssl.train.speaker import per_speaker_subset
+    from speechssl.verification import evaluate_speaker
+
+    utts = per_speaker_subset(read_manifest(digit_manifests[1]), 4, seed=0)
+    figures = evaluate_speaker(evaluated, utts, baselines=False)
+    assert report["eer"] == pytest.approx(figures["eer"], abs=1e-4)
+    assert report["trials"] == figures["trials"]
+    misses = sum(n for _, n in report["misses_by_speaker"])
+    assert 0 < misses + report["false_alarms"] < report["trials"]  # a random head errs, but not on every trial
+    assert report["sibling_trials"] == 0  # FSDD names have no -pNN pitch part: no two settings of one voice
+
+
 def test_train_speaker_with_spectra_and_time_convolutions(tiny_checkpoint, digit_manifests, tmp_path, capsys):
     out = tmp_path / "mel"
     args = [*train_args(tiny_checkpoint, digit_manifests, out, 4), "head.mel_bins=20", "head.context=[1,2]"]
