@@ -126,7 +126,7 @@ class SpeakerHead(nn.Module):
         self.norm = nn.LayerNorm(2 * width)
         self.proj = nn.Linear(2 * width, dim)
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, int | list[int]]:
         """What rebuilds this head: ``SpeakerHead(**head.config())`` (stored as metadata["speaker_head"])."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "dim": self.dim,
                 "channels": self.channels, "attention_dim": self.attention_dim, "context": self.context,
