@@ -18,7 +18,7 @@ from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
-from speechssl.models.heads import CtcHead, SpeakerHead, log_mel_frames
+from speechssl.models.heads import CtcHead, SpeakerHead
 from speechssl.transcript import Transcript
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import resolve_device
@@ -216,8 +216,7 @@ class SpeechModel:
         sums = [[0.0, 0.0, 0] for _ in waves]  # vector sum, layer-mean sum, frames
         for batch, padded, lengths in self.batches(pieces):
             out = self.run_encoder(padded, lengths, num_layers=depth)
-            frames = out.hidden_states[0].shape[1]
-            mel = log_mel_frames(padded, frames, head.mel_bins) if head.mel_bins else None
+            mel = head.mel_input(padded, out.hidden_states[0].shape[1])
             vectors = head(out.hidden_states, out.lengths, mel=mel).float().cpu()
             means = None
             if layer_means:

@@ -95,6 +95,16 @@ def test_log_mel_frames_line_up_with_the_encoder_and_ignore_padding(tiny_checkpo
     torch.testing.assert_close(louder[0, :100], batch[0, :100], atol=1e-3, rtol=1e-3)
 
 
+def test_log_mel_frames_work_under_autograd_after_inference_mode():
+    # The filterbank is cached: made first under inference_mode (as serving does), it must
+    # still serve a computation that autograd tracks.
+    with torch.inference_mode():
+        log_mel_frames(torch.randn(1, 16000), 49, 24)
+    wave = torch.randn(1, 16000, requires_grad=True)
+    log_mel_frames(wave, 49, 24).sum().backward()
+    assert wave.grad is not None and torch.isfinite(wave.grad).all()
+
+
 def test_a_mel_head_needs_its_spectra():
     torch.manual_seed(0)
     head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, mel_bins=5).eval()

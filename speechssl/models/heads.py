@@ -7,6 +7,7 @@ the head in its metadata, so one file can hold the encoder and every head.
 
 from __future__ import annotations
 
+import functools
 import math
 import string
 
@@ -55,6 +56,15 @@ class AttentiveStatsPooling(nn.Module):
         return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=-1)  # (B, 2C)
 
 
+@functools.lru_cache(maxsize=4)
+def _mel_filters(bins: int) -> Tensor:
+    """(201, bins) slaney mel filterbank for a 400-point FFT at 16 kHz: made once per size, not per batch."""
+    import torchaudio
+
+    with torch.inference_mode(False):  # a cached inference tensor could not take part in autograd later
+        return torchaudio.functional.melscale_fbanks(201, 20.0, 7600.0, bins, 16000, norm="slaney", mel_scale="slaney")
+
+
 def log_mel_frames(waves: Tensor, frames: int, bins: int) -> Tensor:
     """(B, N) 16 kHz waves -> (B, frames, bins) log-mel spectra, one per encoder frame.
 
@@ -62,15 +72,12 @@ def log_mel_frames(waves: Tensor, frames: int, bins: int) -> Tensor:
     stride, so frame t covers the same samples as the encoder's frame t. Each frame is
     normalized over its bins, which keeps the spectral shape and drops the loudness.
     """
-    import torchaudio
-
-    mel = torchaudio.functional.melscale_fbanks(201, 20.0, 7600.0, bins, 16000, norm="slaney", mel_scale="slaney")
     window = torch.hann_window(400, device=waves.device)
     if waves.shape[1] < 400:
         waves = F.pad(waves, (0, 400 - waves.shape[1]))
     spec = torch.stft(waves.float(), n_fft=400, hop_length=320, win_length=400, window=window, center=False,
                       return_complex=True).abs().square()  # (B, 201, T')
-    logmel = (spec.transpose(1, 2) @ mel.to(waves.device)).clamp(min=1e-8).log()  # (B, T', bins)
+    logmel = (spec.transpose(1, 2) @ _mel_filters(bins).to(waves.device)).clamp(min=1e-8).log()  # (B, T', bins)
     logmel = F.pad(logmel, (0, 0, 0, max(0, frames - logmel.shape[1])))[:, :frames]
     return F.layer_norm(logmel, (bins,))
 
@@ -131,6 +138,11 @@ class SpeakerHead(nn.Module):
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "dim": self.dim,
                 "channels": self.channels, "attention_dim": self.attention_dim, "context": self.context,
                 "mel_bins": self.mel_bins}
+
+    def mel_input(self, waves: Tensor, frames: int) -> Tensor | None:
+        """The ``mel`` argument of ``forward`` for (B, N) padded waves with ``frames`` encoder frames;
+        None when this head reads no spectra."""
+        return log_mel_frames(waves, frames, self.mel_bins) if self.mel_bins else None
 
     @property
     def layer_weights(self) -> Tensor:

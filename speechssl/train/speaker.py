@@ -245,6 +245,7 @@ def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int
             "items": [(u.id, u.path, u.speaker) for u in utterances],
             "augment": {k: v for k, v in dataclasses.asdict(config.augment).items() if k != "speed_as_new_speaker"},
             "max_utterance_seconds": config.max_utterance_seconds, "seed": config.run.seed, "states": num_states,
+            # Only when set, so the banks cached before heads read spectra keep their keys.
             "raw": config.finetune_top_layers > 0, **({"mel_bins": config.head.mel_bins} if config.head.mel_bins else {})}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -422,8 +423,7 @@ class SpeakerTask:
             batch: Batch = batch.to(device)
             states, lengths = self.valid_encoding(batch)
             states = module.run_live_layers(states, lengths)
-            bins = module.speaker_head.mel_bins
-            mel = log_mel_frames(batch.waves, states.shape[1], bins) if bins else None
+            mel = module.speaker_head.mel_input(batch.waves, states.shape[1])
             vectors.append(module.speaker_head(states, lengths, mel=mel).float().cpu())
             speakers.extend(batch.speakers)
         module.train()
