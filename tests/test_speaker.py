@@ -380,6 +380,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.dims=3"])
     with pytest.raises(ConfigError, match="speaker_id_pattern needs a group"):
         load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "speaker_id_pattern=abc"])
+    with pytest.raises(ConfigError, match="dilations must be >= 1"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.context=[1,0]"])
+    with pytest.raises(ConfigError, match="mel_bins must be >= 0, and needs head.channels > 0"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.mel_bins=80", "head.channels=0"])
 
 
 def train_args(checkpoint: Path, manifests: tuple[Path, Path], out: Path, steps: int) -> list[str]:
