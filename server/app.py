@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from server import errors
+from server import errors, logs, work
 from server.batcher import Batcher
+from server.limits import RequestLimits, body_limit
 from server.metrics import Metrics
 from server.routes import embeddings, health, speakers, transcriptions
 from server.settings import Settings
-from speechssl.audio import SAMPLE_RATE
 
 log = logging.getLogger("speechssl.server")
-
-
-def run_batch(model):
-    """The device work of one batch, by operation; runs in the model thread."""
-
-    def run(op, waves: list[np.ndarray]):
-        kind, *args = op
-        if kind == "embed":
-            return model.encode(waves, layer=args[0])
-        if kind == "transcribe":
-            return model.transcribe(waves, sample_rate=SAMPLE_RATE)
-        if kind == "speaker":
-            return model.speaker_vector(waves, sample_rate=SAMPLE_RATE)
-        raise ValueError(f"unknown operation {kind!r}")
-
-    return run
-
-
-def warm_up(model) -> None:
-    """The first forward pass allocates and picks kernels: run each head once before reporting ready."""
-    silence = [np.zeros(SAMPLE_RATE, np.float32)]
-    model.encode(silence)
-    if "ctc" in model.heads:
-        model.transcribe(silence, sample_rate=SAMPLE_RATE)
-    if "speaker" in model.heads:
-        model.speaker_vector(silence, sample_rate=SAMPLE_RATE)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,11 +34,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.threads)
         model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device, settings.quantize)
         model.max_batch_seconds = settings.batch_seconds(model.device.type)
-        await asyncio.to_thread(warm_up, model)
+        await asyncio.to_thread(work.warm_up, model)
+        limit = logs.RateLimit()
+        logs.install_filters(limit)
+        asyncio.get_running_loop().set_exception_handler(logs.loop_exception_handler(limit))
         app.state.model = model
         app.state.batcher = Batcher(
-            run_batch(model), max_batch_seconds=model.max_batch_seconds, max_batch_items=settings.max_batch_items,
-            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=app.state.metrics.observe_batch,
+            work.run_batch(model), max_batch_seconds=model.max_batch_seconds, max_batch_items=settings.max_batch_items,
+            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+            deadline_s=settings.deadline_seconds(model.device.type), on_batch=app.state.metrics.observe_batch,
         )
         app.state.batcher.start()
         app.state.ready = True
@@ -106,21 +84,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(transcriptions.router)
     app.include_router(speakers.router)
+    app.add_middleware(RequestLimits, settings=settings)  # added last: outermost, sees the raw body
     return app
 
 
-UPLOADS = {"/v1/speakers/verify": 2}  # audio files per request, where more than one
-OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
 
 
 def check_request(request: Request, settings: Settings) -> Response | None:
-    """API key and upload size, checked before the body is read."""
+    """API key and declared upload size, checked before the body is read."""
     if settings.api_key and request.url.path not in OPEN_PATHS:
-        if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {settings.api_key}".encode()):  # no timing side channel
             return errors.error_response(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                          "authentication_error", "invalid_api_key")
     length = request.headers.get("content-length")
-    limit = settings.max_upload_bytes * UPLOADS.get(request.url.path, 1) + 64 * 1024  # + multipart overhead
+    limit = body_limit(settings, request.url.path)  # a chunked or lying body is cut by RequestLimits
     if length and length.isdigit() and int(length) > limit:
         return errors.error_response(413, f"upload of {int(length)} bytes exceeds the limit of "
                                      f"{settings.max_upload_bytes} bytes", "invalid_request_error", "upload_too_large")

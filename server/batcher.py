@@ -1,12 +1,19 @@
-"""Dynamic batching: concurrent requests share one forward pass on the device.
+"""Dynamic batching of bounded pieces: concurrent requests share forward passes, and no
+request holds the device for longer than one batch of pieces at a time.
 
-Requests wait in a bounded queue. One worker takes the oldest and looks at every request
-waiting with the same operation (waiting up to ``max_wait_ms`` for company while there is
-less than one batch of it). The batch is the oldest request plus the waiting ones nearest
-its length, up to ``max_batch_seconds`` of padded audio and ``max_batch_items``; the rest
-wait for the next batch, in arrival order. A batch of similar lengths pads little: on a CPU
-a batch in arrival order (clips of 0.7 to 8 s) spent about a third of its work on padding.
-The batch runs in a single model thread so the event loop stays free.
+A request arrives as a Job: its audio already cut into pieces of at most one chunk
+(``server/work.py``) and a ``finish`` that stitches the pieces' outputs into its result.
+Each round the worker takes the job served longest ago (arrival counts as service), so a
+short request that arrives while a 300 s one runs waits for one batch, not the whole of
+it. The batch is that job's next piece plus the waiting pieces of the same operation
+nearest its length, up to ``max_batch_seconds`` of padded audio and ``max_batch_items``
+(a batch of similar lengths pads little: on a CPU a batch in arrival order spent about a
+third of its work on padding). A new job waits up to ``max_wait_ms`` for company.
+
+Cost is bounded in time too: a job past its deadline is dropped with DeadlineExceeded,
+a job whose future was cancelled (its client left) is dropped before its next piece,
+and ``close`` refuses queued work at shutdown. Batches run in one model thread so the
+event loop stays free.
 """
 
 from __future__ import annotations
@@ -31,20 +38,41 @@ class QueueFull(Exception):
     """The queue is at its bound; the client should retry later."""
 
 
-@dataclass
+class DeadlineExceeded(Exception):
+    """The job was not done by its deadline and was dropped."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping; the job was refused or not finished in time."""
+
+
+@dataclass(eq=False)
 class Job:
-    op: Hashable  # requests with equal ops may share a batch, e.g. ("embed", layer)
-    wave: np.ndarray
+    op: Hashable  # jobs with equal ops may share a batch, e.g. ("embed", layer)
+    pieces: list[np.ndarray]  # each at most one chunk of 16 kHz audio
+    finish: Callable[[list[Any]], Any]  # the pieces' outputs -> the result; runs in the model thread
     future: asyncio.Future
+    deadline: float
     queued_at: float = field(default_factory=time.monotonic)
+    served_at: float = 0.0  # when its last batch ended: the round-robin key
+    todo: list[int] = field(default_factory=list)  # pieces not yet batched
+    outputs: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.served_at = self.queued_at
+        self.todo = list(range(len(self.pieces)))
+
+    @property
+    def started(self) -> bool:
+        return len(self.todo) < len(self.pieces)
 
     @property
     def seconds(self) -> float:
-        return len(self.wave) / SAMPLE_RATE
+        return sum(len(p) for p in self.pieces) / SAMPLE_RATE
 
 
 def similar_lengths(seconds: list[float], max_seconds: float, max_items: int) -> list[int]:
-    """Indices of a batch holding item 0 (the oldest request) and the items nearest its length.
+    """Indices of a batch holding item 0 (the chosen piece) and the items nearest its length.
 
     The batch grows one length-order neighbour at a time, the shorter or the longer one,
     whichever adds less padding, while the padded seconds (longest x count) stay within
@@ -68,108 +96,156 @@ def similar_lengths(seconds: list[float], max_seconds: float, max_items: int) ->
 
 class Batcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_seconds: float, max_batch_items: int,
-                 max_wait_ms: float, max_queue: int, on_batch: Callable[[int, float, float], None] | None = None):
+                 max_wait_ms: float, max_queue: int, deadline_s: float = 120.0,
+                 on_batch: Callable[[int, float, float], None] | None = None):
         self.run_batch = run_batch
         self.max_batch_seconds = max_batch_seconds
         self.max_batch_items = max_batch_items
         self.max_wait = max_wait_ms / 1000
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.deadline_s = deadline_s
         self.on_batch = on_batch
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.pending: list[Job] = []  # taken from the queue but not batched yet (other op)
+        self.jobs: list[Job] = []  # admitted and not finished, in arrival order
+        self.arrived = asyncio.Event()
+        self.closing = False
         self.task: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize() + len(self.pending)
+        return len(self.jobs)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.worker())
 
-    async def submit(self, op: Hashable, wave: np.ndarray) -> Any:
-        job = Job(op, wave, asyncio.get_running_loop().create_future())
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise QueueFull from None
-        return await job.future
+    def submit(self, op: Hashable, pieces: list[np.ndarray], finish: Callable[[list[Any]], Any]) -> Job:
+        """Admit a job (its ``future`` holds the result) or raise QueueFull / ShuttingDown."""
+        if self.closing:
+            raise ShuttingDown
+        if len(self.jobs) >= self.max_queue:
+            raise QueueFull
+        loop = asyncio.get_running_loop()
+        job = Job(op, pieces, finish, loop.create_future(), time.monotonic() + self.deadline_s)
+        self.jobs.append(job)
+        self.arrived.set()
+        return job
 
-    async def next_job(self, timeout: float | None) -> Job | None:
-        if self.pending:
-            return self.pending.pop(0)
-        try:
-            if timeout is None:
-                return await self.queue.get()
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    def drop_dead(self) -> None:
+        """Forget jobs whose client left (future cancelled) and fail those past their deadline."""
+        now = time.monotonic()
+        for job in [j for j in self.jobs if j.future.done() or now > j.deadline]:
+            self.jobs.remove(job)
+            self.fail(job, DeadlineExceeded(f"not done within the {self.deadline_s:g} s deadline"))
 
-    async def gather(self) -> list[Job]:
-        first = await self.next_job(None)
-        jobs, deadline = [first], time.monotonic() + self.max_wait
-        while True:
-            jobs += self.pending  # everything waiting now is a candidate
-            self.pending = []
-            while not self.queue.empty():
-                jobs.append(self.queue.get_nowait())
-            same = [job for job in jobs if job.op == first.op]
-            if len(same) >= self.max_batch_items or sum(j.seconds for j in same) >= self.max_batch_seconds:
-                break
-            remaining = deadline - time.monotonic()
-            job = await self.next_job(remaining) if remaining > 0 else None
-            if job is None:
-                break
-            jobs.append(job)
-        chosen = {id(same[i]) for i in similar_lengths([j.seconds for j in same], self.max_batch_seconds,
-                                                         self.max_batch_items)}
-        self.pending = sorted((j for j in jobs if id(j) not in chosen), key=lambda j: j.queued_at)
-        return [j for j in same if id(j) in chosen]
+    def company_wait(self, first: Job) -> float:
+        """Seconds a new job should still wait for others to share its batch (0: go now)."""
+        if first.started:
+            return 0.0
+        same = [j for j in self.jobs if j.op == first.op]
+        pieces = sum(len(j.todo) for j in same)
+        audio = sum(len(j.pieces[k]) for j in same for k in j.todo) / SAMPLE_RATE
+        if pieces >= self.max_batch_items or audio >= self.max_batch_seconds:
+            return 0.0
+        return max(0.0, first.queued_at + self.max_wait - time.monotonic())
+
+    def pick(self, first: Job) -> list[tuple[Job, int]]:
+        """(job, piece) pairs of the next batch: ``first``'s next piece and its nearest neighbours."""
+        items = [(first, first.todo[0])]
+        items += [(j, k) for j in self.jobs if j.op == first.op for k in j.todo if (j, k) != items[0]]
+        seconds = [len(j.pieces[k]) / SAMPLE_RATE for j, k in items]
+        chosen = [items[i] for i in similar_lengths(seconds, self.max_batch_seconds, self.max_batch_items)]
+        for job, k in chosen:
+            job.todo.remove(k)
+        return chosen
 
     async def worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self.gather()
-            live = [job for job in batch if not job.future.done()]  # the client may have gone
-            if not live:
+            self.drop_dead()
+            if not self.jobs:
+                self.arrived.clear()
+                await self.arrived.wait()
                 continue
-            started = time.monotonic()
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, live[0].op, [j.wave for j in live])
-            except Exception as exc:  # the worker lives on
-                log.exception("batch of %d failed", len(live))
-                if len(live) == 1:
-                    self.fail(live[0], exc)
-                else:  # run the jobs alone, so that one bad item fails only its own request
-                    await self.run_alone(live)
-                continue
-            for job, result in zip(live, results):
-                if not job.future.done():
-                    job.future.set_result(result)
-            if self.on_batch:
-                self.on_batch(len(live), sum(j.seconds for j in live), time.monotonic() - started)
+            first = min(self.jobs, key=lambda j: j.served_at)
+            wait = self.company_wait(first)
+            if wait > 0:
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                if self.company_wait(first) > 0:
+                    continue
+            await self.run(self.pick(first))
 
-    async def run_alone(self, jobs: list[Job]) -> None:
+    async def run(self, items: list[tuple[Job, int]]) -> None:
         loop = asyncio.get_running_loop()
-        for job in jobs:
-            try:
-                [result] = await loop.run_in_executor(self.executor, self.run_batch, job.op, [job.wave])
-            except Exception as exc:
-                log.exception("a job of %.1f s failed alone too", job.seconds)
-                self.fail(job, exc)
-                continue
-            if not job.future.done():
-                job.future.set_result(result)
+        op, started = items[0][0].op, time.monotonic()
+        try:
+            outputs = await loop.run_in_executor(self.executor, self.run_batch, op, [j.pieces[k] for j, k in items])
+        except Exception:  # run the pieces alone, so that one bad item fails only its own request
+            log.exception("batch of %d pieces failed", len(items))
+            outputs = [await self.run_alone(job, k) for job, k in items]
+        if self.on_batch:
+            self.on_batch(len(items), sum(len(j.pieces[k]) for j, k in items) / SAMPLE_RATE, time.monotonic() - started)
+        ended = time.monotonic()
+        for (job, k), out in zip(items, outputs):
+            job.outputs[k] = out
+            job.served_at = ended
+        for job in dict.fromkeys(job for job, _ in items):
+            if job in self.jobs and any(isinstance(o, BaseException) for o in job.outputs.values()):
+                self.jobs.remove(job)
+                self.fail(job, next(o for o in job.outputs.values() if isinstance(o, BaseException)))
+            elif job in self.jobs and not job.todo:
+                self.jobs.remove(job)
+                await self.finish(job)
+
+    async def run_alone(self, job: Job, k: int) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            [out] = await loop.run_in_executor(self.executor, self.run_batch, job.op, [job.pieces[k]])
+            return out
+        except Exception as exc:
+            log.exception("a piece of %.1f s failed alone too", len(job.pieces[k]) / SAMPLE_RATE)
+            return exc
+
+    async def finish(self, job: Job) -> None:
+        if job.future.done():
+            return
+        outputs = [job.outputs[k] for k in range(len(job.pieces))]
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, job.finish, outputs)
+        except Exception as exc:
+            log.exception("stitching a job of %.1f s failed", job.seconds)
+            self.fail(job, exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
 
     @staticmethod
     def fail(job: Job, exc: BaseException) -> None:
         if not job.future.done():
             job.future.set_exception(exc)
 
+    def close(self, grace_s: float) -> None:
+        """Shutdown begins: refuse new and queued jobs now; those already running get until
+        ``grace_s`` from now, then are refused too, so each client gets an answer in time."""
+        self.closing = True
+        for job in [j for j in self.jobs if not j.started]:
+            self.jobs.remove(job)
+            self.fail(job, ShuttingDown("the server is shutting down"))
+        asyncio.get_running_loop().call_later(grace_s, self.refuse_all)
+
+    def refuse_all(self) -> None:
+        for job in list(self.jobs):
+            self.jobs.remove(job)
+            self.fail(job, ShuttingDown("the server is shutting down; this request did not finish in time"))
+
     async def drain(self, timeout: float = 30.0) -> None:
-        """Graceful shutdown: let queued requests finish, then stop the worker."""
+        """Stop: let admitted jobs finish (up to ``timeout``), then stop the worker and the model thread."""
         deadline = time.monotonic() + timeout
-        while self.depth and time.monotonic() < deadline:
+        while self.jobs and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.refuse_all()
         if self.task:
             self.task.cancel()
         self.executor.shutdown(wait=True)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Hashable
+import time
+from typing import Any, Hashable
 
 import numpy as np
 from fastapi import Request, UploadFile
 
-from server.batcher import QueueFull
+from server import work
+from server.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from server.errors import ApiError, audio_error
 from speechssl.api import HeadMissingError
 from speechssl.audio import AudioError, load_audio
+
+POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 async def read_upload(request: Request, upload: UploadFile) -> np.ndarray:
@@ -25,11 +29,60 @@ async def read_upload(request: Request, upload: UploadFile) -> np.ndarray:
         raise audio_error(exc) from None
 
 
-async def submit(request: Request, op: Hashable, wave: np.ndarray):
+async def submit(request: Request, op: Hashable, wave: np.ndarray) -> Any:
+    [result] = await submit_all(request, [(op, wave)])
+    return result
+
+
+async def submit_all(request: Request, work_items: list[tuple[Hashable, np.ndarray]]) -> list[Any]:
+    """Queue every (op, wave) and wait for all of them. A client that disconnects has its
+    jobs cancelled (the batcher drops them before their next piece); past the deadline, 504."""
+    batcher, model = request.app.state.batcher, request.app.state.model
+    jobs = []
     try:
-        return await request.app.state.batcher.submit(op, wave)
+        for op, wave in work_items:
+            jobs.append(batcher.submit(op, *work.plan(model, op, wave)))
     except QueueFull:
+        cancel(jobs)
         raise ApiError(503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "1"}) from None
+    except ShuttingDown:
+        cancel(jobs)
+        raise shutting_down() from None
+    futures = [job.future for job in jobs]
+    deadline = max(job.deadline for job in jobs) + 1.0  # the batcher's own deadline check comes first
+    try:
+        while not all(f.done() for f in futures):
+            await asyncio.wait([f for f in futures if not f.done()], timeout=POLL_S,
+                               return_when=asyncio.FIRST_EXCEPTION)
+            if any(f.done() and not f.cancelled() and f.exception() for f in futures):
+                break
+            if await request.is_disconnected():
+                cancel(jobs)
+                raise ApiError(499, "client closed the request", code="client_closed")
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded
+        return [f.result() for f in futures]
+    except DeadlineExceeded:
+        raise ApiError(504, f"the request did not finish within the {batcher.deadline_s:g} s deadline; "
+                       "send shorter audio or retry when the server is less busy", "server_error",
+                       "deadline_exceeded") from None
+    except ShuttingDown:
+        raise shutting_down() from None
+    except work.NonFiniteOutput as exc:
+        raise ApiError(422, f"{exc}; the audio may be extreme or the checkpoint damaged", code="non_finite_output") from None
+    finally:
+        cancel(jobs)
+
+
+def cancel(jobs) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.cancel()
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry on another replica or shortly",
+                    "server_error", "shutting_down", {"Retry-After": "1"})
 
 
 def require_head(request: Request, head: str):

@@ -33,6 +33,9 @@ def audio_error(exc: AudioError) -> ApiError:
     return ApiError(400, str(exc), code="invalid_audio")
 
 
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "upload_too_large"}
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
@@ -48,7 +51,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", None, getattr(exc, "headers", None))
+        code = HTTP_CODES.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error", code, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -24,10 +24,26 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(64, ge=1, description="1 disables batching")
     max_wait_ms: float = Field(10.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 + Retry-After")
+    request_timeout_s: float | None = Field(None, gt=0, description="per-request deadline in the queue and on "
+                                            "the device, then 504; default 120 on a CPU, 60 on a GPU")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle connections (before or between requests) close after this")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(15.0, gt=0, description="longest pause allowed while a request body streams, then 408")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers (h11_max_incomplete_event_size)")
+    max_connections: int = Field(1000, ge=1, description="open connections; more are closed on arrival "
+                                 "(also uvicorn's limit_concurrency); capped below the process's file limit")
+    max_active_requests: int = Field(64, ge=1, description="requests being uploaded or computed at once "
+                                     "(health, ready and metrics aside) before 503 + Retry-After")
+    backlog: int = Field(512, ge=1, description="listen backlog: connections the kernel holds before accept")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM, work still running after this "
+                                    "(less a margin) is refused with 503 so every client gets JSON")
     threads: int | None = Field(None, description="torch intra-op threads")
     quantize: Literal["int8"] | None = Field(None, description="int8: int8 weights for the encoder's matmuls "
                                              "(CPU only; faster, CER +0.05 points on the shipped model's test split: docs/benchmarks.md)")
     log_level: str = "info"
+
+    def deadline_seconds(self, device_type: str) -> float:
+        return self.request_timeout_s or (60.0 if device_type == "cuda" else 120.0)
 
     def batch_seconds(self, device_type: str) -> float:
         return self.max_batch_seconds or (120.0 if device_type == "cuda" else 32.0)

@@ -16,7 +16,7 @@ from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.decode.align import word_timestamps
-from speechssl.decode.chunks import windows
+from speechssl.decode.chunks import Window, windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
 from speechssl.models.heads import CtcHead, SpeakerHead
 from speechssl.transcript import Transcript
@@ -97,11 +97,33 @@ class SpeechModel:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.encoder(padded, lengths, num_layers=num_layers)
 
-    @torch.inference_mode()
+    def windows(self, num_samples: int) -> list[Window]:
+        """How audio of ``num_samples`` is cut for the encoder: one window when it fits in
+        ``chunk_seconds``, else windows with ``chunk_context`` seconds on each side of a kept core."""
+        total = int(self.encoder.frame_lengths(torch.tensor([num_samples])))
+        return windows(num_samples, total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE))
+
+    def chunked(self, waves: list[np.ndarray], run):
+        """``run`` (a list of pieces -> an output (frames, ...) per piece) over the windows of
+        every waveform, stitched back into one output per waveform (see ``stitch``)."""
+        plans = [self.windows(len(wave)) for wave in waves]
+        outputs = iter(run([wave[w.start : w.end] for wave, plan in zip(waves, plans) for w in plan]))
+        return [stitch(plan, [next(outputs) for _ in plan]) for plan in plans]
+
     def encode(self, waves: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
-        """Frame features (T_i, dim) of one layer for each waveform, batched by length."""
-        results: list[np.ndarray | None] = [None] * len(waves)
-        for batch, padded, lengths in self.batches(waves):
+        """Frame features (T_i, dim) of one layer for each waveform, batched by length.
+
+        Audio up to ``chunk_seconds`` is encoded whole, as before chunking existed; longer
+        audio in windows whose cores tile it, so time and memory grow linearly with length
+        and pooling="mean" averages every frame exactly once.
+        """
+        return self.chunked(waves, lambda pieces: self.encode_pieces(pieces, layer))
+
+    @torch.inference_mode()
+    def encode_pieces(self, pieces: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
+        """Frame features (T_i, dim) of each piece, encoded whole (no chunking)."""
+        results: list[np.ndarray | None] = [None] * len(pieces)
+        for batch, padded, lengths in self.batches(pieces):
             out = self.run_encoder(padded, lengths, num_layers=layer)
             hidden = out.hidden_states[-1].float().cpu()
             for row, i in enumerate(batch):
@@ -131,15 +153,18 @@ class SpeechModel:
         self.require("ctc")
         single = not isinstance(audio, (list, tuple))
         waves = [load_audio(a, sample_rate) for a in ([audio] if single else audio)]
-        vocab, blank = self.metadata["vocab"], int(self.metadata.get("blank_id", 0))
-        out = []
-        for wave, emissions in zip(waves, self.emissions(waves)):
-            text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
-            words = word_timestamps(emissions, text, vocab, blank) if timestamps and text else []
-            out.append(Transcript(text, words, round(len(wave) / SAMPLE_RATE, 3)))
+        out = [self.transcript(emissions, len(wave), decoder, timestamps)
+               for wave, emissions in zip(waves, self.emissions(waves))]
         return out[0] if single else out
 
-    @torch.inference_mode()
+    def transcript(self, emissions: torch.Tensor, num_samples: int, decoder: BeamDecoder | None = None,
+                   timestamps: bool = True) -> Transcript:
+        """Decode one waveform's CTC log-probabilities (frames, vocab) into a Transcript."""
+        vocab, blank = self.metadata["vocab"], int(self.metadata.get("blank_id", 0))
+        text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
+        words = word_timestamps(emissions, text, vocab, blank) if timestamps and text else []
+        return Transcript(text, words, round(num_samples / SAMPLE_RATE, 3))
+
     def emissions(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """CTC log-probabilities (frames, vocab) per waveform, on the CPU.
 
@@ -149,23 +174,18 @@ class SpeechModel:
         and memory stays bounded by the batch, whatever the length.
         """
         self.require("ctc")
-        pieces, plan = [], []  # plan: (wave index, first frame to keep in the piece, frames to keep)
-        for i, wave in enumerate(waves):
-            total = int(self.encoder.frame_lengths(torch.tensor([len(wave)])))
-            for w in windows(len(wave), total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE)):
-                pieces.append(wave[w.start : w.end])
-                plan.append((i, w.keep_from, w.keep))
+        return self.chunked(waves, self.emission_pieces)
+
+    @torch.inference_mode()
+    def emission_pieces(self, pieces: list[np.ndarray]) -> list[torch.Tensor]:
+        """CTC log-probabilities (frames, vocab) of each piece, encoded whole."""
         log_probs: list[torch.Tensor | None] = [None] * len(pieces)
         for batch, padded, lengths in self.batches(pieces):
             out = self.run_encoder(padded, lengths)
             scores = self.ctc_head(out.last).float().cpu()
             for row, j in enumerate(batch):
                 log_probs[j] = scores[row, : int(out.lengths[row])]
-        per_wave: list[list[torch.Tensor]] = [[] for _ in waves]
-        for (i, first, keep), scores in zip(plan, log_probs):
-            per_wave[i].append(scores[first : first + keep])
-        return [torch.cat(parts) for parts in per_wave]
-
+        return log_probs  # type: ignore[return-value]
 
     # --- speaker vectors and verification ------------------------------------------
 
@@ -195,6 +215,10 @@ class SpeechModel:
         score = float(np.dot(first, second))
         return Verification(score, threshold, score >= threshold)
 
+    def speaker_pieces(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Equal pieces of at most ``chunk_seconds``: what one speaker vector is averaged over."""
+        return np.array_split(wave, -(-len(wave) // int(self.chunk_seconds * SAMPLE_RATE)))
+
     @torch.inference_mode()
     def speaker_outputs(self, waves: list[np.ndarray], layer_means: bool = False):
         """(unit speaker vectors (dim,), per-layer mean-pooled features (L+1, C) or None) per waveform.
@@ -205,11 +229,9 @@ class SpeechModel:
         """
         self.require("speaker")
         head: SpeakerHead = self.speaker_head  # type: ignore[assignment]
-        limit = int(self.chunk_seconds * SAMPLE_RATE)
         pieces, owner = [], []
         for i, wave in enumerate(waves):
-            count = -(-len(wave) // limit)
-            for part in np.array_split(wave, count):
+            for part in self.speaker_pieces(wave):
                 pieces.append(part)
                 owner.append(i)
         depth = None if layer_means else head.num_layers
@@ -232,6 +254,15 @@ class SpeechModel:
                 total[2] += frames
         unit = [torch.nn.functional.normalize(v / f, dim=0).numpy() for v, _, f in sums]
         return unit, [(m / f).numpy() if layer_means else None for _, m, f in sums]
+
+
+def stitch(plan: list[Window], outputs: list):
+    """One waveform's output from its windows' outputs (frames first): each window's kept core,
+    in order. The cores tile the frames, so a single window's output comes back whole."""
+    parts = [out[w.keep_from : w.keep_from + w.keep] for w, out in zip(plan, outputs)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
 def load(path: str | Path | None = None, device: str = "auto", quantize: str | None = None,

@@ -19,6 +19,14 @@ import soxr
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # one receptive field of the conv feature encoder (25 ms)
+# Limits on what a header may declare, checked before anything is decoded or resampled:
+# resampling from 1 Hz to 16 kHz cost 96 s of CPU and 4.8 GB for a 1.2 kB upload.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 16
+# Float audio has full scale 1.0; samples beyond this are not audio and overflow the model
+# (samples near 1e38 gave NaN embeddings): 60 dB over full scale.
+MAX_ABS_SAMPLE = 1000.0
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "torch.Tensor"]  # noqa: F821
 
@@ -62,10 +70,15 @@ def load_audio(source: AudioSource, sample_rate: int | None = None, *, max_secon
         wave, rate = _from_array(source), int(sample_rate)
     if wave.size == 0:
         raise AudioDecodeError("audio is empty: it holds no samples")
+    _check_header(wave.shape[0], rate, 1 if wave.ndim == 1 else wave.shape[1], max_seconds)
     if wave.ndim == 2:
         wave = wave.mean(axis=1)  # (samples, channels) -> (samples,)
     if not np.isfinite(wave).all():
         raise AudioInvalidError("audio contains NaN or infinite samples")
+    peak = float(np.abs(wave).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioInvalidError(f"audio samples reach {peak:.3g}; float audio has full scale 1.0 and "
+                                f"samples beyond {MAX_ABS_SAMPLE:g} are refused")
     _check_length(wave.shape[0], rate, max_seconds)
     if rate != SAMPLE_RATE:
         wave = soxr.resample(wave, rate, SAMPLE_RATE, quality="HQ")
@@ -84,6 +97,15 @@ def audio_duration(path: str | os.PathLike) -> float:
     except (sf.LibsndfileError, RuntimeError):
         wave, rate = _decode_path(Path(path), None)
         return wave.shape[0] / rate
+
+
+def _check_header(frames: int, rate: int, channels: int, max_seconds: float | None) -> None:
+    """What a header declares, refused before the audio is decoded or resampled."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioInvalidError(f"sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioInvalidError(f"audio has {channels} channels; at most {MAX_CHANNELS} are supported")
+    _check_length(frames, rate, max_seconds)
 
 
 def _check_length(frames: int, rate: int, max_seconds: float | None) -> None:
@@ -146,7 +168,7 @@ def _read_soundfile(file, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """wav, flac, ogg/vorbis/opus, mp3 and the rest of libsndfile's formats."""
     with sf.SoundFile(file) as f:
         # Refuse from the header, before a long upload is decoded into memory.
-        _check_length(f.frames, f.samplerate, max_seconds)
+        _check_header(f.frames, f.samplerate, f.channels, max_seconds)
         wave = f.read(dtype="float32", always_2d=False)
         return wave, int(f.samplerate)
 
@@ -159,6 +181,7 @@ def _read_audioread(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
     try:
         with audioread.audio_open(str(path)) as f:
             rate, channels = int(f.samplerate), int(f.channels)
+            _check_header(0, rate, channels, None)
             limit = math.inf if max_seconds is None else (max_seconds * rate + 1) * channels * 2
             chunks, size = [], 0
             for chunk in f:  # 16-bit little-endian interleaved PCM
@@ -166,6 +189,8 @@ def _read_audioread(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
                 size += len(chunk)
                 if size > limit:
                     break
+    except AudioError:
+        raise
     except Exception:  # audioread raises many types (NoBackendError, DecodeError, EOFError, ...) for junk
         raise AudioDecodeError("could not decode audio: not a supported format or the data is corrupt") from None
     pcm = b"".join(chunks)

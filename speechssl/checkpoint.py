@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files a write killed mid-way left in ``directory`` (``.<name>.<random>.tmp``
+    from ``atomic_write``); call it before a run writes there again."""
+    stale = [p for p in Path(directory).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint, dtype: torch.dtype | None = None) -> None:
     """Write weights (optionally cast, e.g. fp16 to ship) and metadata atomically."""
     tensors = {}
@@ -89,19 +99,47 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     header = read_header(path)
     if header.get("format") != "speechssl":
         raise CheckpointError(f"{path}: not a speechssl checkpoint (no speechssl metadata); use import-hf for transformers weights")
-    version = int(header.get("format_version", "0"))
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError:
+        raise CheckpointError(f"{path}: format_version {header['format_version']!r} is not a whole number") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {version} is newer than this speechssl understands ({FORMAT_VERSION})")
     try:
-        config = build(ModelConfig, json.loads(header["model_config"]), prefix="model_config.")
-        metadata = json.loads(header.get("metadata", "{}"))
+        fields = json.loads(header["model_config"])
+        if not isinstance(fields, dict):
+            raise ConfigError(f"expected a JSON object, got {type(fields).__name__}")
+        config = build(ModelConfig, fields, prefix="model_config.")
     except (KeyError, json.JSONDecodeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: bad model config in metadata: {exc}") from None
+    metadata = check_metadata(path, header.get("metadata", "{}"))
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights are unreadable, the file may be truncated ({exc})") from None
-    return Checkpoint({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, config, metadata)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    for name, tensor in state.items():  # NaN weights would load, report ready and serve nulls
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
+    return Checkpoint(state, config, metadata)
+
+
+def check_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The metadata JSON as a dict, with the fields inference reads typed as it needs them."""
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    threshold = metadata.get("speaker_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise CheckpointError(f"{path}: speaker_threshold must be a finite number, got {threshold!r}")
+    vocab = metadata.get("vocab")
+    if vocab is not None and not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)):
+        raise CheckpointError(f"{path}: vocab must be a list of strings")
+    return metadata
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = "", path: str = "checkpoint") -> None:

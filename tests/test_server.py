@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
+from server.main import GracefulServer, uvicorn_config
 from server.settings import Settings
 from speechssl.checkpoint import Checkpoint, save_checkpoint
 from speechssl.config import tiny
@@ -31,8 +31,9 @@ def free_port() -> int:
 class LiveServer:
     def __init__(self, settings: Settings):
         self.port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        settings = settings.model_copy(update={"host": "127.0.0.1", "port": self.port, "log_level": "warning"})
+        self.app = create_app(settings)
+        self.server = GracefulServer(uvicorn_config(self.app, settings))  # the limits `speechssl serve` sets
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

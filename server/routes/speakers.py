@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from fastapi import APIRouter, File, Request, UploadFile
 
-from server.deps import read_upload, require_head, submit
+from server.deps import read_upload, require_head, submit, submit_all
 from server.errors import ApiError
 from server.schemas import SpeakerEmbedding, SpeakerVerification
 
@@ -32,6 +30,6 @@ async def verify(request: Request, file_a: UploadFile = File(...), file_b: Uploa
     wave_a = await read_upload(request, file_a)
     wave_b = await read_upload(request, file_b)
     # Both vectors go through the batcher at once, so they usually share one forward pass.
-    a, b = await asyncio.gather(submit(request, ("speaker",), wave_a), submit(request, ("speaker",), wave_b))
+    a, b = await submit_all(request, [(("speaker",), wave_a), (("speaker",), wave_b)])
     score = float(np.dot(a, b))  # unit vectors: the cosine, as SpeechModel.verify computes it
     return SpeakerVerification(score=score, threshold=threshold, same_speaker=score >= threshold)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from speechssl.checkpoint import Checkpoint, CheckpointError, atomic_write, save_checkpoint
+from speechssl.checkpoint import Checkpoint, CheckpointError, atomic_write, remove_stale_temps, save_checkpoint
 from speechssl.data.dataset import AudioDataset, Batch, collate
-from speechssl.data.manifest import Utterance
+from speechssl.data.manifest import ManifestError, Utterance
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.train.plots import plot_curves
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
@@ -85,7 +86,11 @@ class BatchStream:
     """Endless batches over epochs, with (epoch, position) as its whole resumable state."""
 
     def __init__(self, utterances: list[Utterance], data: DataConfig, seed: int, rank: int, world: int):
-        self.dataset = AudioDataset(utterances, crop_seconds=data.crop_seconds, min_seconds=data.min_seconds, seed=seed)
+        self.dataset = AudioDataset(utterances, crop_seconds=data.crop_seconds, min_seconds=data.min_seconds, seed=seed,
+                                    augment=data.augment)
+        if not self.dataset.utterances:  # else next() would look for a first batch forever
+            raise ManifestError(f"the training manifest holds no utterances of at least data.min_seconds="
+                                f"{data.min_seconds} s ({len(utterances)} before that filter); nothing to train on")
         durations = [u.duration for u in self.dataset.utterances]
         self.sampler = SecondsBatchSampler(
             durations, data.max_batch_seconds, shuffle=True, seed=seed,
@@ -114,6 +119,8 @@ class BatchStream:
             try:
                 batch = next(self._iter)
             except StopIteration:
+                if self.position == 0:
+                    raise ManifestError("the training data gave no batch in a whole epoch; nothing to train on") from None
                 self.epoch, self.position, self._iter = self.epoch + 1, 0, None
                 continue
             self.position += 1
@@ -182,6 +189,9 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     out_dir = Path(run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        for stale in remove_stale_temps(out_dir):  # a kill during an earlier run's checkpoint write
+            log.info("removed %s, left by an interrupted write", stale)
     module = task.module.to(device)
     model: nn.Module = module
     if world > 1:
@@ -288,7 +298,11 @@ def load_resume(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+    except pickle.UnpicklingError:  # its message is 29 lines and suggests weights_only=False
+        raise CheckpointError(f"{path}: holds pickled objects beyond tensors, which are not loaded (unsafe); "
+                              "remove it to start over") from None
     except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot resume from this file ({exc}); remove it to start over") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: cannot resume from this file ({reason}); remove it to start over") from None
     stream.restore(state["data"])
     return int(state["step"]), dict(state.get("best", {})), float(state.get("elapsed", 0.0))
