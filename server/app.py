@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(transcriptions.router)
     app.include_router(speakers.router)
-    app.add_middleware(RequestLimits, settings=settings)  # added last: outermost, sees the raw body
+    app.add_middleware(RequestLimits, settings=settings, metrics=app.state.metrics)  # added last: outermost, sees the raw body
     return app
 
 

@@ -56,7 +56,7 @@ async def submit_all(request: Request, work_items: list[tuple[Hashable, np.ndarr
                                return_when=asyncio.FIRST_EXCEPTION)
             if any(f.done() and not f.cancelled() and f.exception() for f in futures):
                 break
-            if await request.is_disconnected():
+            if client_gone(request):
                 cancel(jobs)
                 raise ApiError(499, "client closed the request", code="client_closed")
             if time.monotonic() > deadline:
@@ -72,6 +72,11 @@ async def submit_all(request: Request, work_items: list[tuple[Hashable, np.ndarr
         raise ApiError(422, f"{exc}; the audio may be extreme or the checkpoint damaged", code="non_finite_output") from None
     finally:
         cancel(jobs)
+
+
+def client_gone(request: Request) -> bool:
+    gone = getattr(request.state, "client_gone", None)  # set by server.limits.RequestLimits
+    return gone is not None and gone.is_set()
 
 
 def cancel(jobs) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import HTTPException
-
 from server.errors import error_response
 from server.settings import Settings
 
@@ -28,8 +26,8 @@ def body_limit(settings: Settings, path: str) -> int:
 class RequestLimits:
     """Pure ASGI middleware (outermost): body size while streaming, body pauses, requests in flight."""
 
-    def __init__(self, app, settings: Settings):
-        self.app, self.settings = app, settings
+    def __init__(self, app, settings: Settings, metrics=None):
+        self.app, self.settings, self.metrics = app, settings, metrics
         self.active = 0
 
     async def __call__(self, scope, receive, send):
@@ -40,32 +38,74 @@ class RequestLimits:
                                       "server_error", "too_many_requests", {"Retry-After": "1", "Connection": "close"})
             return await response(scope, receive, send)
         self.active += 1
+        # Set when the client goes away; routes read it as request.state.client_gone to drop
+        # their queued work (Starlette's is_disconnected cannot see through BaseHTTPMiddleware).
+        gone = scope.setdefault("state", {})["client_gone"] = asyncio.Event()
+        cut = Cutoff(scope, receive, send, gone)
         try:
-            await self.app(scope, self.limited(scope["path"], receive), send)
+            await self.app(scope, self.limited(scope["path"], cut), cut.send)
         finally:
             self.active -= 1
+            if cut.watcher is not None:
+                cut.watcher.cancel()
 
-    def limited(self, path: str, receive):
+    def limited(self, path: str, cut: "Cutoff"):
         limit, timeout = body_limit(self.settings, path), self.settings.body_timeout_s
         received, complete = 0, False
 
         async def limited_receive():
             nonlocal received, complete
-            if complete:  # the body is in: what remains is waiting for a disconnect
-                return await receive()
+            if complete or cut.answered:  # the body is in: only the watcher reads on, until the disconnect
+                await cut.gone.wait()
+                return {"type": "http.disconnect"}
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await asyncio.wait_for(cut.receive(), timeout)
             except asyncio.TimeoutError:
-                # fastapi's HTTPException: FastAPI re-raises it from body parsing instead of making a 400 of it.
-                raise HTTPException(408, f"the request body stalled for over {timeout:g} s",
-                                    headers={"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
+                return await cut.refuse(408, f"the request body stalled for over {timeout:g} s", "body_timeout")
+            if message["type"] == "http.disconnect":
+                cut.gone.set()
+            elif message["type"] == "http.request":
+                body = message.get("body", b"")
+                received += len(body)
+                if self.metrics is not None:
+                    self.metrics.body_bytes.inc(len(body))
                 if received > limit:
-                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes "
-                                        f"({self.settings.max_upload_bytes} per file plus form overhead)",
-                                        headers={"Connection": "close"})
+                    return await cut.refuse(413, f"request body exceeds the limit of {limit} bytes "
+                                            f"({self.settings.max_upload_bytes} per file plus form overhead)",
+                                            "upload_too_large")
+                complete = not message.get("more_body", False)
+                if complete:
+                    cut.watch()
             return message
 
         return limited_receive
+
+
+class Cutoff:
+    """One request's raw channels: answers it early (413/408, connection closed) and then tells
+    the app the client is gone, dropping whatever the app still tries to send."""
+
+    def __init__(self, scope, receive, send, gone: asyncio.Event):
+        self.scope, self.receive, self.raw_send, self.gone = scope, receive, send, gone
+        self.answered = False
+        self.watcher: asyncio.Task | None = None
+
+    async def send(self, message) -> None:
+        if not self.answered:
+            await self.raw_send(message)
+
+    async def refuse(self, status: int, message: str, code: str):
+        # Raising from receive would reach FastAPI wrapped (a 400 "error parsing the body").
+        response = error_response(status, message, "invalid_request_error", code, {"Connection": "close"})
+        await response(self.scope, self.receive, self.raw_send)
+        self.answered = True
+        self.gone.set()
+        return {"type": "http.disconnect"}
+
+    def watch(self) -> None:
+        async def until_disconnect() -> None:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+            self.gone.set()
+
+        self.watcher = asyncio.ensure_future(until_disconnect())

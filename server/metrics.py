@@ -20,6 +20,8 @@ class Metrics:
                                    registry=self.registry)
         self.batch_time = Histogram("speechssl_batch_seconds", "device time per batch",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.body_bytes = Counter("speechssl_request_body_bytes_total", "request body bytes received (counted "
+                                  "while streaming, cut at the upload limit)", registry=self.registry)
         self.queue_depth = Gauge("speechssl_queue_depth", "requests waiting for the device", registry=self.registry)
 
     def observe_batch(self, size: int, audio_seconds: float, seconds: float) -> None:
