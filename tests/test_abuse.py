@@ -400,3 +400,19 @@ def test_pickled_resume_file_empty_manifest_and_stale_temps(tmp_path):
     (tmp_path / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"half")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".checkpoint.safetensors.abc123.tmp"]
     assert resume.exists()
+
+
+@pytest.mark.slow
+def test_soak_has_no_5xx_and_loses_nothing(tmp_path):
+    """benchmarks/soak.py for one minute (the full 16 x 10 min soak is run by hand: docs/abuse.md)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "soak.json"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "soak.py"), "--clients", "4", "--minutes", "1",
+                    "--out", str(out)], check=True, timeout=600, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["5xx"] == 0 and result["lost"] == 0
+    assert result["rss_mb_end"] - result["rss_mb_after_warmup"] < 300
