@@ -1,12 +1,21 @@
-"""Label efficiency: CTC fine-tuning of the pretrained encoder vs the same architecture from
-random weights, on 10 minutes and on 1 hour of transcribed audio, scored on the test split.
+"""Label efficiency: CTC fine-tuning of a pretrained encoder vs the same architecture from random
+weights, on 10 minutes and 1 hour of transcripts, on synthetic and on real speech.
 
-    python experiments/label_efficiency.py --pretrained runs/pretrain-small/best.safetensors
+    python experiments/label_efficiency.py --pretrained runs/pretrain-fast/best.safetensors --parallel 2
 
-Each run is `speechssl finetune-ctc` with the same config, step budget and labeled subset;
-the from-scratch runs also train the conv feature encoder and skip the frozen-transformer
-phase, since freezing random weights would only handicap them. Runs resume if re-started.
-Writes label-efficiency.{md,png,json} to --results.
+Conditions (``--conditions``):
+- ``synthetic``: labels drawn from runs/corpus/train, scored on its test split (held-out
+  voices and sentences);
+- ``real``: labels drawn from AN4's training speakers and LJ Speech's training sentences
+  (runs/real, made by experiments/real_splits.py), scored on 13 held-out AN4 speakers and
+  60 held-out LJ sentences, neither seen in pretraining, fine-tuning or validation.
+
+For each condition and init, the 10-minute runs sweep ``--lrs``; validation CER picks the
+best, and the 1-hour run of that condition and init uses it. The same update budget
+(``--steps``) everywhere. A frozen-encoder probe (``probe=true``: weighted layer sum + BiLSTM
+CTC head) on 10 minutes for each condition. Every run is ``speechssl finetune-ctc ...
+--resume``, so a re-started script picks up where it stopped. Writes
+label-efficiency.{md,png,json} to --results.
 """
 from __future__ import annotations
 
@@ -19,95 +28,155 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONDITIONS = {
+    "synthetic": {"train": ["runs/corpus/train.jsonl"], "valid": ["runs/corpus/valid.jsonl"],
+                  "test": {"synthetic test": "runs/corpus/test.jsonl"}},
+    "real": {"train": ["runs/real/an4-train.jsonl", "runs/real/lj-train.jsonl"],
+             "valid": ["runs/real/an4-valid.jsonl", "runs/real/lj-valid.jsonl"],
+             "test": {"AN4 held-out speakers": "runs/real/an4-test.jsonl",
+                      "LJ held-out sentences": "runs/real/lj-test.jsonl"}},
+}
 
 
-def finetune_and_evaluate(name: str, args: argparse.Namespace, hours: float, scratch: bool) -> dict:
-    out_dir = finetune(name, args, hours, scratch)
-    steps = max(json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines())
-    row = {"run": name, "labeled_minutes": round(hours * 60), "init": "scratch" if scratch else "pretrained",
-           "steps": steps, "test_greedy": evaluate(out_dir / "best.safetensors", args.test, beam=False),
-           "test_beam": evaluate(out_dir / "best.safetensors", args.test, beam=True)}
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def finetune(name: str, args: argparse.Namespace, hours: float, scratch: bool) -> Path:
+def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init: str, lr: float) -> dict:
+    """Train (or resume) one run; returns its record with validation and test figures."""
     out_dir = Path(args.out_dir) / name
-    overrides = [f"init_from={args.pretrained}", f"labeled_hours={hours}", f"data.train=[{args.train}]",
-                 f"data.valid=[{args.valid}]", f"optim.max_steps={args.steps}", f"run.out_dir={out_dir}",
-                 "run.progress=false", *args.overrides]
-    if scratch:
-        overrides += ["from_scratch=true", "freeze_feature_encoder=false", "freeze_transformer_steps=0"]
-    log = open(Path(args.out_dir) / f"{name}.log", "a")
-    cmd = [sys.executable, "-m", "speechssl.cli", "finetune-ctc", args.config, *overrides, "--resume"]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return out_dir
+    c = CONDITIONS[cond]
+    overrides = [f"init_from={args.pretrained}", f"labeled_hours={minutes / 60}", f"data.train=[{','.join(c['train'])}]",
+                 f"data.valid=[{','.join(c['valid'])}]", f"optim.max_steps={args.steps}", f"optim.lr={lr}",
+                 f"optim.warmup_steps={args.steps // 10}", f"optim.hold_steps={args.steps * 4 // 10}",
+                 f"data.max_batch_seconds={args.batch_seconds[minutes]}", f"run.out_dir={out_dir}",
+                 "run.progress=false", f"run.threads={args.threads}", *args.overrides]
+    if init == "scratch":
+        overrides += ["from_scratch=true", "freeze_feature_encoder=false"]
+    if init == "probe":
+        overrides += ["probe=true"]
+    start = time.time()
+    done = (out_dir / "result.json")
+    if not done.is_file():
+        with open(Path(args.out_dir) / f"{name}.log", "a") as log:
+            cmd = [sys.executable, "-m", "speechssl.cli", "finetune-ctc", args.config, *overrides, "--resume"]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        record = {"run": name, "condition": cond, "labeled_minutes": minutes, "init": init, "lr": lr,
+                  "wall_seconds": round(time.time() - start), **test_scores(out_dir / "best.safetensors", c["test"])}
+        valid = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        valid = [v for v in valid if v.get("split") == "valid"]
+        record["valid_cer"] = min(v["cer"] for v in valid)
+        record["steps"] = max(v["step"] for v in valid)
+        done.write_text(json.dumps(record, indent=2))
+    record = json.loads(done.read_text())
+    print(json.dumps(record), flush=True)
+    return record
 
 
-def evaluate(checkpoint: Path, manifest: str, beam: bool) -> dict:
-    cmd = [sys.executable, "-m", "speechssl.cli", "evaluate", "asr", "--checkpoint", str(checkpoint),
-           "--manifest", manifest] + (["--beam"] if beam else [])
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+def test_scores(checkpoint: Path, tests: dict[str, str]) -> dict:
+    import torch
+
+    from speechssl.data.manifest import read_manifest
+    from speechssl.train.ctc import load_ctc_model, score
+    from speechssl.train.loop import valid_loader
+    from speechssl.train.settings import DataConfig
+
+    torch.set_num_threads(1)
+    module, vocab = load_ctc_model(str(checkpoint))
+    data = DataConfig(crop_seconds=None, max_batch_seconds=60.0, max_valid_utterances=100_000, min_seconds=0.0)
+    return {"test": {name: score(module, valid_loader(read_manifest(path), data), vocab) for name, path in tests.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained", required=True, help="pretrained checkpoint (its architecture is used for both)")
-    parser.add_argument("--config", default="configs/ctc/small.yaml")
-    parser.add_argument("--train", default="runs/corpus/train.jsonl", help="the labeled subsets are drawn from it")
-    parser.add_argument("--valid", default="runs/corpus/valid.jsonl")
-    parser.add_argument("--test", default="runs/corpus/test.jsonl")
-    parser.add_argument("--hours", type=float, nargs="+", default=[1 / 6, 1.0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU has room for several)")
+    parser.add_argument("--pretrained", required=True, help="pretrained checkpoint (its architecture is used for all)")
+    parser.add_argument("--config", default="configs/ctc/fast.yaml")
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3], help="swept at 10 minutes per init")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 2 // parallel)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the frozen-encoder probes")
     parser.add_argument("--out-dir", default="runs/label-efficiency")
     parser.add_argument("--results", default="docs/results")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every finetune-ctc run")
     args = parser.parse_args()
+    args.threads = args.threads or max(1, 2 // args.parallel)
+    args.batch_seconds = {10: 20, 60: 40}
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    runs = [(f"{'scratch' if scratch else 'pretrained'}-{round(h * 60)}min", h, scratch)
-            for h in args.hours for scratch in (False, True)]
     start = time.time()
+    sweep = [(f"{cond}-{init}-10min-lr{lr:g}", cond, 10, init, lr)
+             for cond in args.conditions for init in ("pretrained", "scratch") for lr in args.lrs]
+    if not args.no_probe:
+        sweep += [(f"{cond}-probe-10min-lr1e-3", cond, 10, "probe", 1e-3) for cond in args.conditions]
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(lambda r: finetune_and_evaluate(r[0], args, r[1], r[2]), runs))
-    write_results(rows, Path(args.results), args, time.time() - start)
+        rows = list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), sweep))
+        best = {}
+        for r in rows:
+            key = (r["condition"], r["init"])
+            if r["init"] != "probe" and (key not in best or r["valid_cer"] < best[key]["valid_cer"]):
+                best[key] = r
+        hour = [(f"{cond}-{init}-60min-lr{best[(cond, init)]['lr']:g}", cond, 60, init, best[(cond, init)]["lr"])
+                for cond in args.conditions for init in ("pretrained", "scratch")]
+        rows += list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), hour))
+    write_results(rows, best, Path(args.results), args, time.time() - start)
 
 
-def write_results(rows: list[dict], results: Path, args: argparse.Namespace, wall: float) -> None:
+def ratio_lines(rows: list[dict], best: dict) -> list[str]:
+    lines = []
+    for cond in CONDITIONS:
+        for minutes in (10, 60):
+            pick = {init: next((r for r in rows if r["condition"] == cond and r["labeled_minutes"] == minutes
+                                and r["init"] == init and (minutes == 60 or r is best.get((cond, init)))), None)
+                    for init in ("pretrained", "scratch")}
+            if None in pick.values():
+                continue
+            for test in pick["pretrained"]["test"]:
+                p, s = pick["pretrained"]["test"][test]["cer"], pick["scratch"]["test"][test]["cer"]
+                lines.append(f"- {cond}, {minutes} min, {test}: pretrained CER {p:.3f} / scratch {s:.3f} = **{p / max(s, 1e-9):.2f}**")
+    return lines
+
+
+def write_results(rows: list[dict], best: dict, results: Path, args: argparse.Namespace, wall: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results.mkdir(parents=True, exist_ok=True)
-    (results / "label-efficiency.json").write_text(json.dumps({"runs": rows, "args": vars(args), "wall_seconds": round(wall)}, indent=2))
-    lines = ["| labeled audio | init | steps | test CER (greedy) | test WER (greedy) | test CER (beam) | test WER (beam) |",
-             "|---|---|---|---|---|---|---|"]
+    summary = {"runs": rows, "best_lr": {f"{c}/{i}": r["lr"] for (c, i), r in best.items()},
+               "args": {k: v for k, v in vars(args).items() if k != "batch_seconds"},
+               "batch_seconds": args.batch_seconds, "wall_seconds": round(wall)}
+    (results / "label-efficiency.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["| condition | labels | init | lr | updates | valid CER | test set | test CER | test WER | wall (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        g, b = r["test_greedy"], r["test_beam"]
-        lines.append(f"| {r['labeled_minutes']} min | {r['init']} | {r['steps']} | {g['cer']:.3f} | {g['wer']:.3f} | "
-                     f"{b['cer']:.3f} | {b['wer']:.3f} |")
-    ratios = []
-    for minutes in sorted({r["labeled_minutes"] for r in rows}):
-        pre = next(r for r in rows if r["labeled_minutes"] == minutes and r["init"] == "pretrained")
-        scr = next(r for r in rows if r["labeled_minutes"] == minutes and r["init"] == "scratch")
-        ratio = pre["test_greedy"]["cer"] / max(scr["test_greedy"]["cer"], 1e-9)
-        ratios.append(f"- {minutes} min: pretrained CER / scratch CER = {ratio:.2f} (greedy)")
-    (results / "label-efficiency.md").write_text(
+        for test, s in r["test"].items():
+            chosen = "" if r["init"] == "probe" or r["labeled_minutes"] == 60 or r is best.get((r["condition"], r["init"])) else " (not best)"
+            lines.append(f"| {r['condition']} | {r['labeled_minutes']} min | {r['init']}{chosen} | {r['lr']:g} | "
+                         f"{r['steps']} | {r['valid_cer']:.3f} | {test} | {s['cer']:.3f} | {s['wer']:.3f} | "
+                         f"{r['wall_seconds'] / 60:.1f} |")
+    (results / "label-efficiency-table.md").write_text(
         "# Label efficiency (written by experiments/label_efficiency.py)\n\n" + "\n".join(lines) + "\n\n"
-        + "\n".join(ratios) + f"\n\nTest split: {args.test}. Wall time: {wall / 60:.1f} min.\n")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for init, marker in (("pretrained", "o"), ("scratch", "s")):
-        sel = [r for r in rows if r["init"] == init]
-        ax.plot([r["labeled_minutes"] for r in sel], [r["test_greedy"]["cer"] for r in sel], marker=marker, label=init)
-    ax.set_xscale("log")
-    ax.set_xlabel("labeled audio (minutes)")
-    ax.set_ylabel("test CER (greedy)")
-    ax.set_ylim(0, max(1.0, max(r["test_greedy"]["cer"] for r in rows)))
-    ax.set_title("CTC fine-tuning: pretrained vs from scratch")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        + "\n".join(ratio_lines(rows, best)) + f"\n\nWall time: {wall / 60:.1f} min.\n")
+    tests = [(c, t) for c in args.conditions for t in CONDITIONS[c]["test"]]
+    fig, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.5), squeeze=False)
+    for ax, (cond, test) in zip(axes[0], tests):
+        for init, marker in (("pretrained", "o"), ("scratch", "s")):
+            sel = sorted([r for r in rows if r["condition"] == cond and r["init"] == init
+                          and (r["labeled_minutes"] == 60 or r is best.get((cond, init)))], key=lambda r: r["labeled_minutes"])
+            ax.plot([r["labeled_minutes"] for r in sel], [r["test"][test]["cer"] for r in sel], marker=marker, label=init)
+        probe = [r for r in rows if r["condition"] == cond and r["init"] == "probe"]
+        if probe:
+            ax.plot([10], [probe[0]["test"][test]["cer"]], marker="^", linestyle="", label="frozen probe")
+        ax.set_xscale("log")
+        ax.set_xticks([10, 60], ["10 min", "1 h"])
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("labeled audio")
+        ax.set_ylabel("test CER (greedy)")
+        ax.set_title(test, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("CTC fine-tuning: pretrained vs from scratch")
     fig.tight_layout()
     fig.savefig(results / "label-efficiency.png", dpi=120)
 

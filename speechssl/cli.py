@@ -85,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Scan audio and write JSONL rows {id, path, duration, text?, speaker?}.")
     manifest.add_argument("src", type=Path, help="folder or CSV file")
     manifest.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
-    manifest.add_argument("--format", required=True, choices=["folder", "librispeech", "csv", "fsdd"],
+    manifest.add_argument("--format", required=True, choices=["folder", "librispeech", "csv", "fsdd", "an4", "ljspeech"],
                           help="folder: audio + .txt/.lab sidecars; librispeech: SPEAKER/CHAPTER/*.flac + "
                           "*.trans.txt; csv: a header with at least 'path'; fsdd: the Free Spoken Digit "
-                          "Dataset's {digit}_{speaker}_{take}.wav (text: the digit's word)")
+                          "Dataset's {digit}_{speaker}_{take}.wav (text: the digit's word); an4: CMU AN4's "
+                          "etc/ and wav/ folders; ljspeech: metadata.csv + wavs/ (the normalised text)")
 
     pretrain = sub.add_parser("pretrain", help="self-supervised wav2vec 2.0 pretraining on unlabeled audio",
-                              description="Pretrain with the contrastive + diversity objective. Writes "
+                              description="Pretrain with the wav2vec 2.0 contrastive + diversity objective, or "
+                              "masked prediction (objective.kind=hubert|best_rq). Writes "
                               "checkpoint.safetensors, best.safetensors, resume.pt, metrics.jsonl, "
                               "tensorboard/ and curves.png to run.out_dir. Run under torchrun for DDP.")
     add_overrides(pretrain)

@@ -23,6 +23,12 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- model
 
+# The log-mel front end's fixed geometry in samples at 16 kHz: 25 ms windows every 10 ms,
+# then two convs of kernel 3 (the second strides by mel_frame_stride).
+LOG_MEL_WINDOW = 400
+LOG_MEL_HOP = 160
+LOG_MEL_KERNELS = (3, 3)
+
 
 @dataclass
 class ModelConfig:
@@ -33,6 +39,11 @@ class ModelConfig:
     conv_strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
     conv_norm: Literal["group", "layer"] = "group"
     conv_bias: bool = False
+    # "conv": the raw-waveform stack above (wav2vec 2.0, HF interop). "log_mel": 80-bin log-mel
+    # frames every 10 ms and two convs (width conv_dims[-1]) that stride them to the frame rate.
+    front_end: Literal["conv", "log_mel"] = "conv"
+    mel_bins: int = 80
+    mel_frame_stride: int = 2  # 10 ms hops per output frame: 2 gives 20 ms frames, as the conv stack
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
@@ -77,12 +88,21 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1], got {value}")
         if self.mask_length < 1:
             raise ConfigError("model.mask_length must be >= 1")
+        if self.mel_bins < 1 or self.mel_frame_stride < 1:
+            raise ConfigError("model.mel_bins and model.mel_frame_stride must be >= 1")
+
+    @property
+    def frame_geometry(self) -> tuple[list[int], list[int]]:
+        """The front end as (kernels, strides) over samples: output frames and receptive field follow."""
+        if self.front_end == "log_mel":
+            return [LOG_MEL_WINDOW, *LOG_MEL_KERNELS], [LOG_MEL_HOP, 1, self.mel_frame_stride]
+        return self.conv_kernels, self.conv_strides
 
     @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame of the conv feature encoder (400 for BASE)."""
         field_, jump = 1, 1
-        for kernel, stride in zip(self.conv_kernels, self.conv_strides):
+        for kernel, stride in zip(*self.frame_geometry):
             field_ += (kernel - 1) * jump
             jump *= stride
         return field_
@@ -91,7 +111,7 @@ class ModelConfig:
     def frame_stride(self) -> int:
         """Samples between output frames (320 for BASE: 50 frames per second at 16 kHz)."""
         stride = 1
-        for s in self.conv_strides:
+        for s in self.frame_geometry[1]:
             stride *= s
         return stride
 
@@ -150,7 +170,22 @@ def tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
+def fast() -> ModelConfig:
+    """The CPU pretraining preset: log-mel front end, pre-LN 6 x 256 transformer (~5M parameters).
+    About 3x the audio per wall-second of `small` (docs/pretraining.md)."""
+    return dataclasses.replace(
+        small(),
+        front_end="log_mel",
+        hidden_size=256,
+        num_layers=6,
+        num_heads=4,
+        ffn_dim=1024,
+        layer_norm_first=True,
+        proj_codevector_dim=128,
+    )
+
+
+PRESETS = {"tiny": tiny, "fast": fast, "small": small, "base": base, "large": large}
 
 
 def model_preset(name: str) -> ModelConfig:

@@ -239,7 +239,7 @@ def test_blank_lines_count_towards_line_numbers(tmp_path):
 
 
 def test_unknown_format_and_missing_manifest(tmp_path):
-    with pytest.raises(ManifestError, match="unknown manifest format 'kaldi'; choose folder, librispeech, csv or fsdd"):
+    with pytest.raises(ManifestError, match="unknown manifest format 'kaldi'; choose folder, librispeech, csv, fsdd, an4, ljspeech"):
         build_manifest(tmp_path, "kaldi")
     with pytest.raises(ManifestError, match="manifest not found: .*none.jsonl"):
         read_manifest(tmp_path / "none.jsonl")
@@ -251,3 +251,17 @@ def test_utterance_is_frozen_plain_data():
     assert u.text is None and u.speaker is None
     with pytest.raises(AttributeError):
         u.id = "b"  # type: ignore[misc]
+
+
+def test_an4_and_ljspeech_importers_read_the_shared_corpora():
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (root / "an4").is_dir() or not (root / "ljspeech").is_dir():
+        pytest.skip("../shared/data has no AN4 / LJ Speech")
+    an4 = build_manifest(root / "an4", "an4")
+    assert len(an4) == 948 and len({u.speaker for u in an4}) == 74
+    first = next(u for u in an4 if u.id == "an251-fash-b")
+    assert first.text == "yes" and first.speaker == "fash" and first.duration > 0
+    assert all(u.text == u.text.lower() and "<s>" not in u.text for u in an4)
+    lj = build_manifest(root / "ljspeech", "ljspeech")
+    assert len(lj) == 390 and {u.speaker for u in lj} == {"LJ"}
+    assert next(u for u in lj if u.id == "LJ001-0002").text == "in being comparatively modern"

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from speechssl.audio import SAMPLE_RATE, AudioError, load_audio
+from speechssl.data.augment import AugmentConfig, augment, is_copy
 from speechssl.data.manifest import Utterance
 from speechssl.data.sampler import SecondsBatchSampler
 
@@ -82,7 +83,7 @@ class AudioDataset(Dataset[AudioItem]):
     """
 
     def __init__(self, utterances: Sequence[Utterance], *, crop_seconds: float | None = None,
-                 min_seconds: float | None = None, seed: int = 0):
+                 min_seconds: float | None = None, seed: int = 0, augment: AugmentConfig | None = None):
         if crop_seconds is not None and crop_seconds <= 0:
             raise ValueError(f"crop_seconds must be > 0 or None, got {crop_seconds}")
         kept = [u for u in utterances if min_seconds is None or u.duration >= min_seconds]
@@ -93,6 +94,7 @@ class AudioDataset(Dataset[AudioItem]):
         self.crop_samples = None if crop_seconds is None else max(1, round(crop_seconds * SAMPLE_RATE))
         self.seed = seed
         self.epoch = 0
+        self.augment = augment  # applied to the copies (``is_copy``) only; originals stay clean
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -108,6 +110,8 @@ class AudioDataset(Dataset[AudioItem]):
             # The loader's message says what is wrong; say which manifest row it was.
             err.add_note(f"while loading utterance {utt.id!r} from {utt.path}")
             raise
+        if self.augment is not None and is_copy(utt):
+            wave, _ = augment(wave, np.random.default_rng((self.seed, self.epoch, index, 1)), self.augment)
         wave = self._crop(wave, index)
         return AudioItem(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), utt.id, utt.text, utt.speaker)
 

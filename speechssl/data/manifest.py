@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+MANIFEST_FORMATS = ("folder", "librispeech", "csv", "fsdd", "an4", "ljspeech")
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"}
 
 
@@ -254,7 +255,7 @@ def from_fsdd(root: str | Path) -> list[Utterance]:
 
 
 def build_manifest(src: str | Path, fmt: str) -> list[Utterance]:
-    """Rows from ``src`` in the layout ``fmt`` names: folder, librispeech, csv or fsdd."""
+    """Rows from ``src`` in the layout ``fmt`` names: folder, librispeech, csv, fsdd, an4 or ljspeech."""
     if fmt == "folder":
         return from_folder(src)
     if fmt == "librispeech":
@@ -263,4 +264,8 @@ def build_manifest(src: str | Path, fmt: str) -> list[Utterance]:
         return from_csv(src)
     if fmt == "fsdd":
         return from_fsdd(src)
-    raise ManifestError(f"unknown manifest format {fmt!r}; choose folder, librispeech, csv or fsdd")
+    if fmt in ("an4", "ljspeech"):
+        from speechssl.data import corpora  # it builds on this module's helpers
+
+        return corpora.from_an4(src) if fmt == "an4" else corpora.from_ljspeech(src)
+    raise ManifestError(f"unknown manifest format {fmt!r}; choose {', '.join(MANIFEST_FORMATS)}")

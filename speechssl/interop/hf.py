@@ -286,6 +286,9 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto
 
     checkpoint = load_checkpoint(ckpt_path)
     cfg, metadata = checkpoint.model_config, checkpoint.metadata
+    if cfg.front_end != "conv":
+        raise HfInteropError(f"{ckpt_path}: a model with the {cfg.front_end} front end has no transformers "
+                             "counterpart (Wav2Vec2 reads raw waveforms); only front_end: conv models export")
     layout = _pick_layout(checkpoint.state_dict, layout)
     extra = {}
     vocab = metadata.get("vocab")

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from speechssl.config import ModelConfig
 from speechssl.models.feature_encoder import FeatureEncoder, conv_output_lengths, valid_mask
 from speechssl.models.inference import quantize_int8
+from speechssl.models.log_mel import LogMelFeatureEncoder
 from speechssl.models.masking import sample_negatives, span_mask
 from speechssl.models.quantizer import GumbelQuantizer
 from speechssl.models.transformer import TransformerEncoder
@@ -65,7 +66,8 @@ class Wav2Vec2Model(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.feature_extractor = FeatureEncoder(config)
+        self.feature_extractor = (FeatureEncoder(config) if config.front_end == "conv" else
+                                  LogMelFeatureEncoder(config.mel_bins, config.conv_dims[-1], config.mel_frame_stride))
         self.feature_projection = FeatureProjection(config)
         self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = TransformerEncoder(config)
@@ -88,7 +90,7 @@ class Wav2Vec2Model(nn.Module):
         return self
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
-        return conv_output_lengths(sample_lengths, self.config.conv_kernels, self.config.conv_strides)
+        return conv_output_lengths(sample_lengths, *self.config.frame_geometry)
 
     def normalize(self, waves: Tensor, lengths: Tensor) -> Tensor:
         """Zero mean, unit variance per utterance over its valid samples; padding stays zero."""

@@ -27,6 +27,7 @@ from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, normalize_text, read_manifest
 from speechssl.decode.ctc import encode_text, greedy_decode
 from speechssl.models.heads import CHAR_VOCAB, CtcHead
+from speechssl.models.probe import ProbeCtcHead
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import StepResult, TrainSummary, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
@@ -50,6 +51,10 @@ class CtcConfig:
     freeze_feature_encoder: bool = True
     freeze_transformer_steps: int = 0
     head_dropout: float = 0.1
+    # A frozen-encoder probe instead of fine-tuning: the encoder never learns; a weighted sum
+    # of its layers feeds a small BiLSTM CTC head (speechssl/models/probe.py). Experiments only:
+    # the server and `speechssl.load` serve fine-tuned checkpoints, not probes.
+    probe: bool = False
 
     def validate(self) -> None:
         unknown = set(self.model) - {"preset", *FINETUNE_MODEL_KEYS} if self.init_from else set()
@@ -85,16 +90,24 @@ def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int =
 class CtcModel(nn.Module):
     """Encoder + CTC head; state dict keys ``wav2vec2.*`` and ``ctc_head.*`` as in the checkpoint."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, head_dropout: float = 0.1):
+    def __init__(self, config: ModelConfig, vocab_size: int, head_dropout: float = 0.1, probe: bool = False):
         super().__init__()
         self.config = config
         self.wav2vec2 = Wav2Vec2Model(config)
-        self.ctc_head = CtcHead(config.hidden_size, vocab_size, head_dropout)
+        if probe:
+            self.probe = ProbeCtcHead(config.num_layers + 1, config.hidden_size, vocab_size)
+            self.wav2vec2.requires_grad_(False)
+        else:
+            self.ctc_head = CtcHead(config.hidden_size, vocab_size, head_dropout)
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor, time_mask: torch.Tensor | None = None,
                 freeze_encoder: bool = False):
         """(B, T, V) log-probs and (B,) frame lengths. A frozen feature encoder needs no switch
         here: with requires_grad off its parameters, autograd records nothing for the conv stack."""
+        if hasattr(self, "probe"):
+            with torch.no_grad():  # train mode still applies the masking, as augmentation
+                out = self.wav2vec2(waves, lengths, time_mask=time_mask)
+            return self.probe(out.hidden_states, out.lengths), out.lengths
         with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
             out = self.wav2vec2(waves, lengths, time_mask=time_mask)
         return self.ctc_head(out.last), out.lengths
@@ -110,11 +123,11 @@ class CtcTask:
             ckpt = load_checkpoint(config.init_from)
             overrides = {k: v for k, v in config.model.items() if k != "preset"}
             model_config = build_model_config({**dataclasses.asdict(ckpt.model_config), **overrides})
-            self.module = CtcModel(model_config, len(self.vocab), config.head_dropout)
+            self.module = CtcModel(model_config, len(self.vocab), config.head_dropout, config.probe)
             if not config.from_scratch:
                 load_into(self.module.wav2vec2, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
         else:
-            self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout)
+            self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout, config.probe)
         if config.freeze_feature_encoder:
             self.module.wav2vec2.feature_extractor.requires_grad_(False)
         self.step = 0
@@ -137,25 +150,40 @@ class CtcTask:
         blank_ratio = float((log_probs.argmax(-1) == 0).float().mean())
         return StepResult(loss, {"blank_ratio": blank_ratio, "frozen": float(frozen)})
 
-    @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         """Greedy-decoded WER and CER on the validation manifest."""
         self.module.eval()
-        device = next(self.module.parameters()).device
-        refs, hyps = [], []
-        for batch in loader:
-            batch = batch.to(device)
-            log_probs, frames = self.module(batch.waves, batch.lengths, freeze_encoder=True)
-            for row, text in enumerate(batch.texts):
-                hyps.append(greedy_decode(log_probs[row, : int(frames[row])].cpu(), self.vocab))
-                refs.append(normalize_text(text or ""))
+        scores = score(self.module, loader, self.vocab)
         self.module.train()
-        return error_rates(refs, hyps)
+        return scores
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.module.state_dict(), self.module.config,
-                          {"kind": "ctc", "vocab": self.vocab, "blank_id": 0, "init_from": self.config.init_from,
+                          {"kind": "ctc-probe" if self.config.probe else "ctc", "vocab": self.vocab, "blank_id": 0, "init_from": self.config.init_from,
                            "from_scratch": self.config.from_scratch})
+
+
+@torch.no_grad()
+def score(module: CtcModel, loader: DataLoader, vocab: list[str]) -> dict[str, float]:
+    """Greedy-decoded corpus WER and CER of ``module`` (in eval mode) over ``loader``."""
+    device = next(module.parameters()).device
+    refs, hyps = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        log_probs, frames = module(batch.waves, batch.lengths, freeze_encoder=True)
+        for row, text in enumerate(batch.texts):
+            hyps.append(greedy_decode(log_probs[row, : int(frames[row])].cpu(), vocab))
+            refs.append(normalize_text(text or ""))
+    return error_rates(refs, hyps)
+
+
+def load_ctc_model(path: str) -> tuple[CtcModel, list[str]]:
+    """A fine-tuned (or probe) checkpoint as the CtcModel that trained it, in eval mode, and its vocabulary."""
+    ckpt = load_checkpoint(path)
+    vocab = ckpt.metadata.get("vocab") or CHAR_VOCAB
+    module = CtcModel(ckpt.model_config, len(vocab), probe=ckpt.metadata.get("kind") == "ctc-probe")
+    load_into(module, ckpt.state_dict, path=path)
+    return module.eval(), vocab
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:

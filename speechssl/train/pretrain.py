@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from speechssl.checkpoint import Checkpoint
 from speechssl.config import ConfigError, ModelConfig, build_model_config, load_config
 from speechssl.data.dataset import Batch
+from speechssl.data.augment import mixed_manifests
 from speechssl.data.manifest import read_manifest
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechssl.train.loop import StepResult, TrainSummary, train
@@ -23,6 +24,15 @@ log = logging.getLogger("speechssl.pretrain")
 
 @dataclass
 class ObjectiveConfig:
+    # contrastive: wav2vec 2.0 (Gumbel quantizer, distractors, diversity loss).
+    # hubert: cross-entropy on masked frames against k-means labels; best_rq: against a
+    # frozen random-projection quantizer (speechssl/train/masked_prediction.py).
+    kind: Literal["contrastive", "hubert", "best_rq"] = "contrastive"
+    num_targets: int = 100  # hubert: k-means clusters; best_rq: codebook entries
+    kmeans_utterances: int = 1000  # utterances (cropped as data.crop_seconds) whose frames fit k-means
+    kmeans_frames: int = 200_000  # at most this many of their frames
+    label_from: str | None = None  # hubert second iteration: labels from a layer of this checkpoint
+    label_layer: int = 4
     num_negatives: int = 100
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
@@ -42,6 +52,10 @@ class ObjectiveConfig:
             raise ConfigError("objective.num_negatives must be >= 1")
         if not 0 < self.gumbel_decay <= 1:
             raise ConfigError("objective.gumbel_decay must be in (0, 1]")
+        if self.num_targets < 2:
+            raise ConfigError("objective.num_targets must be >= 2")
+        if self.label_from and self.kind != "hubert":
+            raise ConfigError("objective.label_from is for objective.kind: hubert")
 
 
 @dataclass
@@ -130,8 +144,13 @@ class PretrainTask:
 
 def run_pretrain(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:
     config = load_config(PretrainConfig, config_path, overrides)
-    train_utts = [u for path in config.data.train for u in read_manifest(path)]
+    train_utts = mixed_manifests(config.data.train, config.data.train_repeats)
     valid_utts = [u for path in config.data.valid for u in read_manifest(path)]
     torch.manual_seed(config.run.seed)  # the initial weights, so a run is reproducible from its config
-    task = PretrainTask(config)
+    if config.objective.kind == "contrastive":
+        task = PretrainTask(config)
+    else:
+        from speechssl.train.masked_prediction import MaskedPredictionTask
+
+        task = MaskedPredictionTask(config, train_utts)
     return train(task, config, config.data, config.optim, config.run, train_utts, valid_utts, resume=resume)

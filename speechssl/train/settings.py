@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from speechssl.config import ConfigError
+from speechssl.data.augment import AugmentConfig
 
 
 @dataclass
@@ -17,8 +18,16 @@ class DataConfig:
     min_seconds: float = 0.5
     num_workers: int = 1
     max_valid_utterances: int = 200
+    # The data mix: data.train[i] is read train_repeats[i] times per epoch (default once);
+    # every read after the first is a copy perturbed by `augment` (speed, noise, gain).
+    train_repeats: list[int] = field(default_factory=list)
+    augment: AugmentConfig | None = None
 
     def validate(self) -> None:
+        if self.train_repeats and (len(self.train_repeats) != len(self.train) or min(self.train_repeats) < 1):
+            raise ConfigError("data.train_repeats: one count >= 1 per data.train manifest")
+        if self.augment is None and any(r > 1 for r in self.train_repeats):
+            raise ConfigError("data.train_repeats > 1 makes augmented copies: set data.augment too")
         if self.max_batch_seconds <= 0:
             raise ConfigError("data.max_batch_seconds must be > 0")
         if self.crop_seconds is not None and self.crop_seconds > self.max_batch_seconds:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint, load_into
 from speechssl.config import ConfigError, ModelConfig, load_config
+from speechssl.data.augment import AugmentConfig, augment
 from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, read_manifest
 from speechssl.data.sampler import SecondsBatchSampler
@@ -70,23 +71,6 @@ class HeadConfig:
             raise ConfigError("head.mel_bins must be >= 0, and needs head.channels > 0")
         if not 0 <= self.margin < 1.5 or self.scale <= 0:
             raise ConfigError("head.margin must be in [0, 1.5) radians and head.scale > 0")
-
-
-@dataclass
-class AugmentConfig:
-    speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # one drawn per utterance
-    speed_as_new_speaker: bool = True
-    noise_prob: float = 0.5  # white noise at a random SNR
-    snr_db: list[float] = field(default_factory=lambda: [5.0, 20.0])
-    gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
-
-    def validate(self) -> None:
-        if not self.speeds or any(s <= 0 for s in self.speeds):
-            raise ConfigError("augment.speeds: give one or more positive factors (1.0 = unchanged)")
-        if len(self.snr_db) != 2 or len(self.gain_db) != 2:
-            raise ConfigError("augment.snr_db and augment.gain_db are [low, high] ranges")
-        if not 0 <= self.noise_prob <= 1:
-            raise ConfigError("augment.noise_prob must be in [0, 1]")
 
 
 @dataclass
@@ -155,22 +139,6 @@ def per_speaker_subset(utterances: list[Utterance], count: int | None, seed: int
         rng.shuffle(group)
     chosen = [group[:count] if count else group for _, group in sorted(groups.items())]
     return [g[k] for k in range(max(map(len, chosen), default=0)) for g in chosen if k < len(g)]
-
-
-def augment(wave: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> tuple[np.ndarray, float]:
-    """(speed-perturbed, noisy, scaled wave, the speed factor)."""
-    speed = float(config.speeds[int(rng.integers(len(config.speeds)))])
-    if speed != 1.0:
-        import torchaudio.functional as AF
-
-        # Played `speed` times faster: resample 16 kHz to 16/speed kHz and read it as 16 kHz.
-        wave = AF.resample(torch.from_numpy(wave), orig_freq=round(100 * speed), new_freq=100).numpy()
-    if rng.random() < config.noise_prob:
-        snr = rng.uniform(*config.snr_db)
-        power = float(np.mean(wave**2)) + 1e-10
-        wave = wave + rng.standard_normal(len(wave)).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
-    wave = wave * np.float32(10 ** (rng.uniform(*config.gain_db) / 20))
-    return wave.astype(np.float32), speed
 
 
 @dataclass

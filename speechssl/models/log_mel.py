@@ -1,0 +1,73 @@
+"""Log-mel front end: waveform -> 80-bin log-mel frames every 10 ms -> strided convs to the
+model's frame rate. An option beside the raw-waveform conv stack (``ModelConfig.front_end``).
+
+The waveform conv stack spends about half of a small model's compute on its first layers;
+a fixed spectrogram costs almost nothing and a two-layer conv over it brings the frame
+rate to the encoder's. Both convs are unpadded, so a valid frame only ever reads valid
+samples and a padded batch equals its items alone. The mel filterbank is a fixed buffer
+(not saved), so a checkpoint holds only the convs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from speechssl.config import LOG_MEL_HOP as HOP
+from speechssl.config import LOG_MEL_KERNELS
+from speechssl.config import LOG_MEL_WINDOW as WINDOW
+from speechssl.models.feature_encoder import conv_output_lengths
+
+SAMPLE_RATE = 16_000
+FFT_SIZE = 512
+
+
+def mel_filterbank(bins: int) -> Tensor:
+    """(FFT_SIZE // 2 + 1, bins) HTK mel triangles over 0-8 kHz."""
+    return torchaudio.functional.melscale_fbanks(FFT_SIZE // 2 + 1, 0.0, SAMPLE_RATE / 2, bins, SAMPLE_RATE,
+                                                 norm=None, mel_scale="htk")
+
+
+def log_mel(waves: Tensor, bank: Tensor, window: Tensor) -> Tensor:
+    """(B, S) waveform -> (B, F, bins) log mel energies, F = (S - 400) // 160 + 1 (no centring)."""
+    if waves.shape[1] < WINDOW:
+        return waves.new_zeros(waves.shape[0], 0, bank.shape[1])
+    frames = waves.float().unfold(1, WINDOW, HOP) * window  # (B, F, 400)
+    power = torch.fft.rfft(frames, n=FFT_SIZE).abs().pow(2)  # (B, F, 257)
+    return torch.log(power @ bank + 1e-6)
+
+
+class LogMelConv(nn.Module):
+    """One unpadded Conv1d + GELU over channels-last frames, lengths carried along."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[1] < self.kernel:  # shorter than one output frame
+            return x.new_zeros(x.shape[0], 0, self.conv.out_channels), lengths.clamp(max=0)
+        y = F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        return y, conv_output_lengths(lengths, [self.kernel], [self.stride])
+
+
+class LogMelFeatureEncoder(nn.Module):
+    """waves (B, S), lengths (B,) -> (B, T, C) frames every ``HOP * stride`` samples, lengths (B,)."""
+
+    def __init__(self, mel_bins: int, dim: int, stride: int):
+        super().__init__()
+        self.register_buffer("bank", mel_filterbank(mel_bins), persistent=False)
+        self.register_buffer("window", torch.hann_window(WINDOW, periodic=False), persistent=False)
+        self.conv_layers = nn.ModuleList([LogMelConv(mel_bins, dim, LOG_MEL_KERNELS[0], 1),
+                                          LogMelConv(dim, dim, LOG_MEL_KERNELS[1], stride)])
+        self.grad_scale = 1.0  # the waveform stack's knob; the convs here are cheap to train at full rate
+
+    def forward(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = log_mel(waves, self.bank, self.window)
+        frames = conv_output_lengths(lengths, [WINDOW], [HOP])
+        for layer in self.conv_layers:
+            x, frames = layer(x.to(waves.dtype), frames)
+        return x, frames
