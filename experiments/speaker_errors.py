@@ -19,7 +19,7 @@ import numpy as np
 import speechssl
 from speechssl.data.manifest import read_manifest
 from speechssl.metrics import eer
-from speechssl.train.speaker import per_speaker_subset
+from speechssl.data.selection import per_speaker_subset
 from speechssl.verification import cosine_scores, make_trials
 
 

@@ -15,13 +15,13 @@ import torch
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
 from speechssl.data.sampler import SecondsBatchSampler
+from speechssl.device import resolve_device
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import Window, windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
 from speechssl.models.heads import CtcHead, SpeakerHead
 from speechssl.transcript import Transcript
 from speechssl.models.wav2vec2 import Wav2Vec2Model
-from speechssl.train.loop import resolve_device
 from speechssl.verification import Verification
 
 AudioInput = Union[str, Path, bytes, np.ndarray, torch.Tensor]

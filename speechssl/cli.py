@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "evaluate" and args.evaluate_command == "speaker":
         import speechssl
         from speechssl.data.manifest import read_manifest
-        from speechssl.train.speaker import per_speaker_subset, with_speakers
+        from speechssl.data.selection import per_speaker_subset, with_speakers
         from speechssl.verification import evaluate_speaker, read_trials
 
         model = speechssl.load(args.checkpoint, device=args.device)

@@ -7,7 +7,7 @@ import time
 from speechssl.api import SpeechModel
 from speechssl.data.manifest import Utterance, normalize_text
 from speechssl.decode.ctc import BeamDecoder
-from speechssl.train.ctc import error_rates
+from speechssl.metrics import error_rates
 
 
 def evaluate_asr(model: SpeechModel, utterances: list[Utterance], decoder: BeamDecoder | None = None,

@@ -1,5 +1,6 @@
 """Evaluation metrics.
 
+Speech-to-text: corpus word and character error rates (jiwer).
 Speaker verification: equal error rate and the minimum detection cost, from trial
 scores (higher = more alike) and labels (1 = same speaker). A trial is accepted when
 its score is >= the threshold.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jiwer
 import numpy as np
 
 
@@ -60,3 +62,12 @@ def min_dcf(scores: Sequence[float], labels: Sequence[int], p_target: float = 0.
     _, miss, false_alarm = _error_curves(scores, labels)
     cost = c_miss * miss * p_target + c_fa * false_alarm * (1 - p_target)
     return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer); an empty hypothesis counts as all deletions."""
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+    if not pairs:
+        return {"wer": 0.0, "cer": 0.0}
+    refs, hyps = zip(*pairs)
+    return {"wer": float(jiwer.wer(list(refs), list(hyps))), "cer": float(jiwer.cer(list(refs), list(hyps)))}

@@ -186,7 +186,7 @@ class Recipe:
         from speechssl.decode.ctc import BeamDecoder, BeamSettings
         from speechssl.decode.ngram import write_arpa
         from speechssl.evaluation import evaluate_asr
-        from speechssl.train.speaker import per_speaker_subset
+        from speechssl.data.selection import per_speaker_subset
         from speechssl.verification import evaluate_speaker
 
         model = speechssl.load(self.best("speaker"))

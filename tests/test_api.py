@@ -4,9 +4,8 @@ import torch
 
 import speechssl
 from speechssl.audio import AudioError
-from speechssl.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from speechssl.checkpoint import CheckpointError
 from speechssl.config import tiny
-from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
 from tests.conftest import require_fsdd
 
 

@@ -10,15 +10,12 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
 from server.main import GracefulServer, uvicorn_config
 from server.settings import Settings
-from speechssl.checkpoint import Checkpoint, save_checkpoint
 from speechssl.config import tiny
-from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
 from tests.conftest import require_fsdd
 
 

@@ -435,7 +435,7 @@ def test_speaker_errors_script_counts_what_the_eer_counts(head_checkpoint, digit
     report = json.loads(done.stdout)
     evaluated = speechssl.load(head_checkpoint, device="cpu")
     from speechssl.data.manifest import read_manifest
-    from speechssl.train.speaker import per_speaker_subset
+    from speechssl.data.selection import per_speaker_subset
     from speechssl.verification import evaluate_speaker
 
     utts = per_speaker_subset(read_manifest(digit_manifests[1]), 4, seed=0)
@@ -454,7 +454,7 @@ def test_train_speaker_with_spectra_and_time_convolutions(tiny_checkpoint, digit
     config.write_text("augment:\n  speeds: [1.0]\n")
     assert main(["train-speaker", str(config), *args]) == 0
     capsys.readouterr()
-    bank = torch.load(next(out.glob("bank-*.pt")), weights_only=False)
+    bank = torch.load(next(out.glob("bank-*.pt")), weights_only=True)
     assert bank["mel"].shape == (bank["frames"].shape[0], 20)  # a spectrum beside every cached frame
     model = speechssl.load(out / "best.safetensors", device="cpu")
     assert model.speaker_head.mel_bins == 20 and model.speaker_head.context == [1, 2]

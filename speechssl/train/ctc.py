@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import jiwer
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -26,6 +25,7 @@ from speechssl.config import ConfigError, ModelConfig, build_model_config, load_
 from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, normalize_text, read_manifest
 from speechssl.decode.ctc import encode_text, greedy_decode
+from speechssl.metrics import error_rates
 from speechssl.models.heads import CHAR_VOCAB, CtcHead
 from speechssl.models.probe import ProbeCtcHead
 from speechssl.models.wav2vec2 import Wav2Vec2Model
@@ -184,15 +184,6 @@ def load_ctc_model(path: str) -> tuple[CtcModel, list[str]]:
     module = CtcModel(ckpt.model_config, len(vocab), probe=ckpt.metadata.get("kind") == "ctc-probe")
     load_into(module, ckpt.state_dict, path=path)
     return module.eval(), vocab
-
-
-def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus WER and CER (jiwer); an empty hypothesis counts as all deletions."""
-    pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
-    if not pairs:
-        return {"wer": 0.0, "cer": 0.0}
-    refs, hyps = zip(*pairs)
-    return {"wer": float(jiwer.wer(list(refs), list(hyps))), "cer": float(jiwer.cer(list(refs), list(hyps)))}
 
 
 def run_finetune_ctc(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from speechssl.checkpoint import Checkpoint, CheckpointError, atomic_write, remove_stale_temps, save_checkpoint
+from speechssl.device import resolve_device
 from speechssl.data.dataset import AudioDataset, Batch, collate
 from speechssl.data.manifest import ManifestError, Utterance
 from speechssl.data.sampler import SecondsBatchSampler
@@ -60,12 +61,6 @@ class TrainSummary:
     wall_seconds: float
     best: dict[str, float]
     out_dir: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(step: int, optim: OptimConfig) -> float:

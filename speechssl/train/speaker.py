@@ -19,9 +19,7 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +34,14 @@ from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint, load
 from speechssl.config import ConfigError, ModelConfig, load_config
 from speechssl.data.augment import AugmentConfig, augment
 from speechssl.data.dataset import Batch
+from speechssl.data.selection import per_speaker_subset, with_speakers
 from speechssl.data.manifest import Utterance, read_manifest
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.metrics import eer, min_dcf
 from speechssl.models.heads import AamSoftmax, SpeakerHead, log_mel_frames
 from speechssl.models.wav2vec2 import Wav2Vec2Model
-from speechssl.train.loop import StepResult, TrainSummary, resolve_device, train
+from speechssl.device import resolve_device
+from speechssl.train.loop import StepResult, TrainSummary, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
 from speechssl.verification import TrialError, cosine_scores, make_trials
 
@@ -111,34 +111,6 @@ class SpeakerConfig:
 
 
 # --- data -----------------------------------------------------------------------------
-
-
-def with_speakers(utterances: list[Utterance], pattern: str | None) -> list[Utterance]:
-    """Rows with a speaker; rows without one take it from ``pattern`` on their id, or are left out."""
-    regex = re.compile(pattern) if pattern else None
-    kept = []
-    for utt in utterances:
-        speaker = utt.speaker
-        if speaker is None and regex is not None and (match := regex.search(utt.id)):
-            speaker = match.group(1)
-        if speaker is not None:
-            kept.append(dataclasses.replace(utt, speaker=speaker))
-    if len(kept) < len(utterances):
-        log.warning("left out %d of %d utterances without a speaker label", len(utterances) - len(kept), len(utterances))
-    return kept
-
-
-def per_speaker_subset(utterances: list[Utterance], count: int | None, seed: int) -> list[Utterance]:
-    """Up to ``count`` utterances of each speaker (a seeded draw), interleaved speaker by speaker,
-    so any prefix of the list stays balanced."""
-    groups: dict[str, list[Utterance]] = defaultdict(list)
-    for utt in sorted(utterances, key=lambda u: u.id):
-        groups[utt.speaker].append(utt)  # type: ignore[index]
-    rng = random.Random(seed)
-    for group in groups.values():
-        rng.shuffle(group)
-    chosen = [group[:count] if count else group for _, group in sorted(groups.items())]
-    return [g[k] for k in range(max(map(len, chosen), default=0)) for g in chosen if k < len(g)]
 
 
 @dataclass
@@ -352,7 +324,7 @@ class SpeakerTask:
         if path.is_file():
             log.info("feature bank from %s", path)
             # Memory-mapped: a bank of many GB is paged in as crops are read, not copied into RAM.
-            return FeatureBank(**torch.load(path, weights_only=False, mmap=True))
+            return FeatureBank(**torch.load(path, weights_only=True, mmap=True))  # tensors, str, float: no pickled code
         device = resolve_device(self.config.run.device)
         bank = build_bank(encoder.to(device), utterances, self.config, num_states, device,
                           raw=self.config.finetune_top_layers > 0, progress=self.config.run.progress)
