@@ -10,8 +10,8 @@ Conditions (``--conditions``):
   (runs/real, made by experiments/real_splits.py), scored on 13 held-out AN4 speakers and
   60 held-out LJ sentences, neither seen in pretraining, fine-tuning or validation.
 
-For each condition and init, the 10-minute runs sweep ``--lrs``; validation CER picks the
-best, and the 1-hour run of that condition and init uses it. The same update budget
+For each init, the 10-minute runs of ``--sweep-conditions`` sweep ``--lrs``; validation CER
+picks the best, and every other run of that init uses it. The same update budget
 (``--steps``) everywhere. A frozen-encoder probe (``probe=true``: weighted layer sum + BiLSTM
 CTC head) on 10 minutes for each condition. Every run is ``speechssl finetune-ctc ...
 --resume``, so a re-started script picks up where it stopped. Writes
@@ -61,7 +61,8 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         record = {"run": name, "condition": cond, "labeled_minutes": minutes, "init": init, "lr": lr,
-                  "wall_seconds": round(time.time() - start), **test_scores(out_dir / "best.safetensors", c["test"])}
+                  "wall_seconds": round(time.time() - start),
+                  **test_scores(out_dir / "best.safetensors", c["test"], args.test_limit)}
         valid = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         valid = [v for v in valid if v.get("split") == "valid"]
         record["valid_cer"] = min(v["cer"] for v in valid)
@@ -72,7 +73,7 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
     return record
 
 
-def test_scores(checkpoint: Path, tests: dict[str, str]) -> dict:
+def test_scores(checkpoint: Path, tests: dict[str, str], limit: int | None) -> dict:
     import torch
 
     from speechssl.data.manifest import read_manifest
@@ -83,7 +84,8 @@ def test_scores(checkpoint: Path, tests: dict[str, str]) -> dict:
     torch.set_num_threads(1)
     module, vocab = load_ctc_model(str(checkpoint))
     data = DataConfig(crop_seconds=None, max_batch_seconds=60.0, max_valid_utterances=100_000, min_seconds=0.0)
-    return {"test": {name: score(module, valid_loader(read_manifest(path), data), vocab) for name, path in tests.items()}}
+    return {"test": {name: score(module, valid_loader(read_manifest(path)[:limit], data), vocab)
+                     for name, path in tests.items()}}
 
 
 def main() -> None:
@@ -92,9 +94,12 @@ def main() -> None:
     parser.add_argument("--config", default="configs/ctc/fast.yaml")
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3], help="swept at 10 minutes per init")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--sweep-conditions", nargs="+", default=["synthetic"],
+                        help="conditions whose 10-minute runs sweep --lrs (the others use the winners)")
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 2 // parallel)")
+    parser.add_argument("--test-limit", type=int, default=None, help="score only the first N of each test set (smoke runs)")
     parser.add_argument("--no-probe", action="store_true", help="skip the frozen-encoder probes")
     parser.add_argument("--out-dir", default="runs/label-efficiency")
     parser.add_argument("--results", default="docs/results")
@@ -104,21 +109,32 @@ def main() -> None:
     args.batch_seconds = {10: 20, 60: 40}
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
+    swept = [c for c in args.conditions if c in args.sweep_conditions] or args.conditions[:1]
     sweep = [(f"{cond}-{init}-10min-lr{lr:g}", cond, 10, init, lr)
-             for cond in args.conditions for init in ("pretrained", "scratch") for lr in args.lrs]
+             for cond in swept for init in ("pretrained", "scratch") for lr in args.lrs]
     if not args.no_probe:
         sweep += [(f"{cond}-probe-10min-lr1e-3", cond, 10, "probe", 1e-3) for cond in args.conditions]
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), sweep))
-        best = {}
-        for r in rows:
-            key = (r["condition"], r["init"])
-            if r["init"] != "probe" and (key not in best or r["valid_cer"] < best[key]["valid_cer"]):
-                best[key] = r
-        hour = [(f"{cond}-{init}-60min-lr{best[(cond, init)]['lr']:g}", cond, 60, init, best[(cond, init)]["lr"])
-                for cond in args.conditions for init in ("pretrained", "scratch")]
-        rows += list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), hour))
+        best = pick_best(rows)
+        # Conditions not swept take the learning rate that won, per init, where the sweep ran.
+        lr = {init: best[(swept[0], init)]["lr"] for init in ("pretrained", "scratch")}
+        rest = [(f"{cond}-{init}-{m}min-lr{lr[init]:g}", cond, m, init, lr[init])
+                for m in (10, 60) for cond in args.conditions for init in ("pretrained", "scratch")
+                if m == 60 or cond not in swept]
+        rows += list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), rest))
+    best = pick_best(rows)
     write_results(rows, best, Path(args.results), args, time.time() - start)
+
+
+def pick_best(rows: list[dict]) -> dict:
+    """(condition, init) -> its 10-minute run with the lowest validation CER."""
+    best = {}
+    for r in rows:
+        key = (r["condition"], r["init"])
+        if r["init"] != "probe" and r["labeled_minutes"] == 10 and (key not in best or r["valid_cer"] < best[key]["valid_cer"]):
+            best[key] = r
+    return best
 
 
 def ratio_lines(rows: list[dict], best: dict) -> list[str]:
