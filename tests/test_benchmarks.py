@@ -29,3 +29,14 @@ def test_serve_load_reports_both_servers_and_the_offline_run(tiny_checkpoint, tm
         assert run["requests"] > 0 and run["errors"] == 0 and run["server_peak_rss_mb"] > 0
     assert report["runs"]["max_batch_1"]["mean_batch_size"] == 1
     assert report["offline"]["audio_s_per_s"] > 0 and report["server_fraction_of_offline"] > 0
+
+
+def test_pretrain_throughput_times_the_configurations_it_is_asked_for(tmp_path):
+    out = tmp_path / "throughput.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/pretrain_throughput.py"), "--repeats", "1",
+                           "--threads", "1", "--only", "log-mel + hubert, 4 x 256", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["configuration"] for r in rows] == ["log-mel + hubert, 4 x 256"]
+    assert rows[0]["audio_s_per_wall_s"] > 0 and rows[0]["vs_today"] is None  # no baseline row was timed
