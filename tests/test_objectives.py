@@ -3,12 +3,6 @@ a padded batch equals its items alone, lengths travel with tensors, the loss rea
 frames only, labels never come from padding, k-means is deterministic for a seed, and a
 killed run resumes on the same trajectory."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,7 +14,7 @@ from speechssl.models.masked_prediction import Wav2Vec2ForMaskedPrediction
 from speechssl.models.targets import FrameFeatures, KMeansLabeler, RandomProjectionLabeler
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.pretrain import run_pretrain
-from tests.test_pretrain import REPO, empty_config, overrides, train_losses
+from tests.test_pretrain import kill_at_first_resume_file, overrides, train_losses
 
 
 def log_mel_tiny():
@@ -142,15 +136,8 @@ def test_masked_prediction_kill_and_resume_follows_the_same_trajectory(fsdd_mani
     steps = 8
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_pretrain(None, hubert_overrides(fsdd_manifest, straight, steps))
-    cmd = [sys.executable, "-m", "speechssl.cli", "pretrain", empty_config(tmp_path),
-           *hubert_overrides(fsdd_manifest, killed, steps)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (killed / "resume.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert torch.load(killed / "resume.pt", weights_only=True)["step"] < steps, "finished before the kill"
+    interrupted_at = kill_at_first_resume_file(tmp_path, hubert_overrides(fsdd_manifest, killed, steps), killed)
+    assert interrupted_at < steps, "finished before the kill"
     run_pretrain(None, hubert_overrides(fsdd_manifest, killed, steps), resume=True)
     expected, resumed = train_losses(straight), train_losses(killed)
     assert sorted(resumed) == list(range(1, steps + 1))

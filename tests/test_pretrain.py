@@ -40,6 +40,18 @@ def empty_config(tmp_path: Path) -> str:
     return str(path)
 
 
+def kill_at_first_resume_file(tmp_path: Path, run_overrides: list[str], out_dir: Path) -> int:
+    """Start `speechssl pretrain` in a subprocess, kill -9 it once resume.pt exists; the step it holds."""
+    cmd = [sys.executable, "-m", "speechssl.cli", "pretrain", empty_config(tmp_path), *run_overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out_dir / "resume.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return torch.load(out_dir / "resume.pt", weights_only=True)["step"]
+
+
 def train_losses(out_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
@@ -65,14 +77,7 @@ def test_kill_and_resume_follows_the_same_trajectory(fsdd_manifest, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_pretrain(None, overrides(fsdd_manifest, straight, steps))
 
-    cmd = [sys.executable, "-m", "speechssl.cli", "pretrain", empty_config(tmp_path), *overrides(fsdd_manifest, killed, steps)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (killed / "resume.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    interrupted_at = torch.load(killed / "resume.pt", weights_only=True)["step"]
+    interrupted_at = kill_at_first_resume_file(tmp_path, overrides(fsdd_manifest, killed, steps), killed)
     assert interrupted_at < steps, "the run finished before it could be killed"
 
     summary = run_pretrain(None, overrides(fsdd_manifest, killed, steps), resume=True)
