@@ -210,3 +210,37 @@ def test_config_errors():
         load_config(CtcConfig, None, [])
     with pytest.raises(ConfigError, match="fine-tuning keys"):
         load_config(CtcConfig, None, ["data.train=[x.jsonl]", "init_from=a.safetensors", "model.num_layers=3"])
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        load_config(CtcConfig, None, ["data.train=[x.jsonl]", "data.crop_seconds=null", "encoder_lr_scale=0"])
+
+
+def test_encoder_lr_scale_slows_the_encoder_not_the_head(tmp_path):
+    """Two real updates at the same lr: with encoder_lr_scale the encoder moves that much less."""
+    from speechssl.config import load_config
+    from speechssl.train.ctc import CtcConfig, CtcTask, run_finetune_ctc
+    from tests.conftest import FIXTURES
+
+    rows = [{"id": f"u{i}", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hello"} for i in range(2)]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def moved(scale: float) -> tuple[float, float]:
+        out = tmp_path / f"scale{scale}"
+        common = ["model.preset=tiny", "data.crop_seconds=null", f"data.train=[{manifest}]", f"data.valid=[{manifest}]",
+                  "data.max_batch_seconds=2", "optim.max_steps=2", "optim.warmup_steps=1", "optim.schedule=linear",
+                  "freeze_feature_encoder=false", "model.mask_prob=0", "run.valid_every=2", "run.progress=false",
+                  f"encoder_lr_scale={scale}"]
+        config = load_config(CtcConfig, None, common)
+        torch.manual_seed(config.run.seed)  # as run_finetune_ctc seeds it: the same initial weights
+        before = {k: v.clone() for k, v in CtcTask(config).module.state_dict().items()}
+        run_finetune_ctc(None, [*common, f"run.out_dir={out}"])
+        after = torch.load(out / "resume.pt", weights_only=False)["model"]
+        change = {k: float((after[k] - before[k]).abs().max()) for k in before if before[k].is_floating_point()}
+        encoder = max(v for k, v in change.items() if k.startswith("wav2vec2."))
+        head = max(v for k, v in change.items() if k.startswith("ctc_head."))
+        return encoder, head
+
+    full_encoder, full_head = moved(1.0)
+    slow_encoder, slow_head = moved(0.01)
+    assert full_encoder > 0 and slow_encoder < full_encoder * 0.05
+    assert slow_head == pytest.approx(full_head, rel=0.2)

@@ -51,6 +51,9 @@ class CtcConfig:
     freeze_feature_encoder: bool = True
     freeze_transformer_steps: int = 0
     head_dropout: float = 0.1
+    # The encoder's learning rate as a fraction of the head's: a small pretrained encoder keeps
+    # what it learned while a new head catches up (1.0: one rate for all).
+    encoder_lr_scale: float = 1.0
     # A frozen-encoder probe instead of fine-tuning: the encoder never learns; a weighted sum
     # of its layers feeds a small BiLSTM CTC head (speechssl/models/probe.py). Experiments only:
     # the server and `speechssl.load` serve fine-tuned checkpoints, not probes.
@@ -69,6 +72,8 @@ class CtcConfig:
             raise ConfigError("labeled_hours must be positive")
         if self.freeze_transformer_steps < 0:
             raise ConfigError("freeze_transformer_steps must be >= 0")
+        if not 0 < self.encoder_lr_scale <= 1:
+            raise ConfigError("encoder_lr_scale must be in (0, 1]")
 
 
 def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int = 0) -> list[Utterance]:
@@ -134,6 +139,11 @@ class CtcTask:
 
     def before_step(self, step: int) -> None:
         self.step = step
+
+    def param_groups(self) -> list[dict]:
+        head = [p for name, p in self.module.named_parameters() if not name.startswith("wav2vec2.")]
+        return [{"params": head, "lr_scale": 1.0},
+                {"params": list(self.module.wav2vec2.parameters()), "lr_scale": self.config.encoder_lr_scale}]
 
     def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult:
         module = self.module

@@ -53,6 +53,8 @@ class Task(Protocol):
     def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult: ...
     def evaluate(self, loader: DataLoader) -> dict[str, float]: ...
     def checkpoint(self) -> Checkpoint: ...
+    # Optional: ``param_groups() -> [{"params": [...], "lr_scale": float}, ...]``, the first
+    # group at the full rate (its lr is the one logged); without it every parameter is one group.
 
 
 @dataclass
@@ -193,7 +195,10 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
         # Layer drop leaves some layers out of a step's graph; DDP must then look for them.
         model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=getattr(module.config, "layer_drop", 0) > 0)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+    groups = task.param_groups() if hasattr(task, "param_groups") else [{"params": params}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]],
+                                  lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
     stream = make_stream(rank, world) if make_stream else BatchStream(train_utts, data, run.seed, rank, world)
     valid = valid_loader(valid_utts, data) if rank == 0 else None
@@ -216,7 +221,7 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
         generator = torch.Generator().manual_seed(run.seed * 7_919 + step * world + rank)  # masks, noise
         task.before_step(step)
         for group in optimizer.param_groups:
-            group["lr"] = optim.lr * lr_factor(step, optim)
+            group["lr"] = optim.lr * lr_factor(step, optim) * group.get("lr_scale", 1.0)
         module.train()
         optimizer.zero_grad(set_to_none=True)
         for micro in range(optim.grad_accum):
