@@ -90,6 +90,22 @@ def shutting_down() -> ApiError:
                     "server_error", "shutting_down", {"Retry-After": "1"})
 
 
+async def known_fields_only(request: Request) -> None:
+    """A 400 naming any form field the route does not declare, instead of dropping it silently:
+    a client that sends OpenAI's ``stream`` or ``chunking_strategy`` learns they are not served."""
+    route = request.scope.get("route")
+    if route is None or not request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                                 "application/x-www-form-urlencoded")):
+        return
+    declared = {param.alias for param in route.dependant.body_params}
+    if not declared:  # a route without a form (translations) refuses the request itself
+        return
+    unknown = sorted(set((await request.form()).keys()) - declared)  # parsed once already: cached
+    if unknown:
+        raise ApiError(400, f"unsupported field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                       f"this route takes {', '.join(sorted(declared))}", code="unsupported_field")
+
+
 def require_head(request: Request, head: str):
     """The model, when its checkpoint holds ``head`` ("ctc", "speaker"); else a 400 naming the heads it has."""
     model = request.app.state.model

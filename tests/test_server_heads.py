@@ -227,7 +227,7 @@ def test_auth_missing_field_and_content_type(server, route, speech):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         denied = post_audio(server, route, speech, headers=headers)
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
-    missing = httpx.post(server.url + route, data={"model": "x"}, headers=AUTH)
+    missing = httpx.post(server.url + route, data={"model": "x"} if route == TRANSCRIBE else None, headers=AUTH)
     assert missing.status_code == 422 and "file" in missing.json()["error"]["message"]
     as_json = httpx.post(server.url + route, json={"file": "a.wav"}, headers=AUTH)
     assert as_json.status_code == 422 and as_json.json()["error"]["code"] == "validation_error"
@@ -245,6 +245,23 @@ def test_bad_transcription_parameters(server, speech, data, status, message):
     response = post_audio(server, TRANSCRIBE, speech, data=data)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"stream": "true", "chunking_strategy": "auto"}),
+                                           ("/v1/embeddings", {"model": "x"}),
+                                           pytest.param(SPEAKER_EMBED, {"pooling": "mean"}, marks=needs_speaker_head)])
+def test_fields_a_route_does_not_take_are_named_in_a_400(server, speech, route, extra):
+    response = post_audio(server, route, speech, data=extra)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_field" and all(repr(k) in error["message"] for k in extra)
+    assert post_audio(server, route, speech).status_code == 200  # the same request without them
+
+
+def test_translations_say_the_model_is_english_only(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.translations.create(model="whisper-1", file=("a.wav", (FIXTURES / "speech.wav").read_bytes()))
+    assert "English-only" in caught.value.message
 
 
 def test_openai_client_sees_errors_as_api_errors(client):

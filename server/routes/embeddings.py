@@ -3,13 +3,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from server.deps import read_upload, submit
+from server.deps import known_fields_only, read_upload, submit
 from server.errors import ApiError
 from server.schemas import Embedding, EmbeddingList
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_fields_only)])
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingList, summary="encoder features of an audio file")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
 
-from server.deps import read_upload, require_head, submit, submit_all
+from server.deps import known_fields_only, read_upload, require_head, submit, submit_all
 from server.errors import ApiError
 from server.schemas import SpeakerEmbedding, SpeakerVerification
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_fields_only)])
 
 
 @router.post("/v1/speakers/embed", response_model=SpeakerEmbedding, summary="a unit-length speaker vector")

@@ -2,22 +2,24 @@
 
 The official ``openai`` client works against it unchanged (``base_url=.../v1``). The
 ``model`` field is accepted and ignored (one model is served), as are ``prompt`` and
-``temperature``; the CTC head decodes greedily.
+``temperature``; the CTC head decodes greedily. Fields this route does not declare
+(OpenAI's ``stream``, ``chunking_strategy``, ``include[]`` ...) get a 400 naming them.
+``/v1/audio/translations`` answers a 400: the model is English-only.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from server.deps import read_upload, require_head, submit
+from server.deps import known_fields_only, read_upload, require_head, submit
 from server.errors import ApiError
 from server.schemas import Transcription, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
 from speechssl.transcript import Transcript, to_srt, to_vtt
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(known_fields_only)])
 
 ENGLISH = {"en", "english"}  # the character vocabulary is a-z and the apostrophe
 
@@ -65,3 +67,11 @@ async def transcriptions(
         if "word" in timestamp_granularities else None,
     )
     return JSONResponse(verbose.model_dump(exclude_none=True))
+
+
+@router.post("/v1/audio/translations", summary="not served: this model transcribes English only",
+             responses={400: {"description": "always: use /v1/audio/transcriptions"}})
+async def translations() -> None:
+    # OpenAI's route exists so that a client calling it gets a reason, not a 404.
+    raise ApiError(400, "this model is English-only and does not translate; use /v1/audio/transcriptions",
+                   code="translation_not_supported")
