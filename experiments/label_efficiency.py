@@ -49,10 +49,12 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
                  f"optim.warmup_steps={args.steps // 10}", f"optim.hold_steps={args.steps * 4 // 10}",
                  f"data.max_batch_seconds={args.batch_seconds[minutes]}", f"run.out_dir={out_dir}",
                  "run.progress=false", f"run.threads={args.threads}", *args.overrides]
+    if init == "pretrained":
+        overrides += args.pretrained_overrides
     if init == "scratch":
         overrides += ["from_scratch=true", "freeze_feature_encoder=false"]
     if init == "probe":
-        overrides += ["probe=true"]
+        overrides += ["probe=true", *args.probe_overrides]
     start = time.time()
     done = (out_dir / "result.json")
     if not done.is_file():
@@ -97,6 +99,13 @@ def main() -> None:
     parser.add_argument("--sweep-conditions", nargs="+", default=["synthetic"],
                         help="conditions whose 10-minute runs sweep --lrs (the others use the winners)")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-seconds", type=float, nargs=2, default=[20, 40], metavar=("TEN_MIN", "ONE_HOUR"),
+                        help="padded seconds per update at 10 minutes and at 1 hour of labels")
+    parser.add_argument("--pretrained-set", dest="pretrained_overrides", action="append", default=[], metavar="key=value",
+                        help="a finetune-ctc setting for the pretrained runs only (repeatable; e.g. encoder_lr_scale=0.5)")
+    parser.add_argument("--probe-lr", type=float, default=1e-3)
+    parser.add_argument("--probe-set", dest="probe_overrides", action="append", default=[], metavar="key=value",
+                        help="a finetune-ctc setting for the probes only (repeatable)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 2 // parallel)")
     parser.add_argument("--test-limit", type=int, default=None, help="score only the first N of each test set (smoke runs)")
@@ -106,14 +115,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="passed to every finetune-ctc run")
     args = parser.parse_args()
     args.threads = args.threads or max(1, 2 // args.parallel)
-    args.batch_seconds = {10: 20, 60: 40}
+    args.batch_seconds = {10: args.batch_seconds[0], 60: args.batch_seconds[1]}
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
     swept = [c for c in args.conditions if c in args.sweep_conditions] or args.conditions[:1]
     sweep = [(f"{cond}-{init}-10min-lr{lr:g}", cond, 10, init, lr)
              for cond in swept for init in ("pretrained", "scratch") for lr in args.lrs]
     if not args.no_probe:
-        sweep += [(f"{cond}-probe-10min-lr1e-3", cond, 10, "probe", 1e-3) for cond in args.conditions]
+        sweep += [(f"{cond}-probe-10min-lr{args.probe_lr:g}", cond, 10, "probe", args.probe_lr) for cond in args.conditions]
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), sweep))
         best = pick_best(rows)
