@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelCard(BaseModel):
@@ -48,6 +48,7 @@ class TranscriptionWord(BaseModel):
     word: str
     start: float
     end: float
+    probability: float = Field(description="in (0, 1]: geometric mean of the letters' CTC posteriors")
 
 
 class TranscriptionSegment(BaseModel):

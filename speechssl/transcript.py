@@ -10,6 +10,9 @@ class Word:
     text: str
     start: float  # seconds from the start of the audio
     end: float
+    # The geometric mean over the word's letters of each letter's mean CTC posterior on the
+    # frames aligned to it: in (0, 1], low where the model was unsure what it heard.
+    probability: float = 1.0
 
 
 @dataclass

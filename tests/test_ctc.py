@@ -101,6 +101,17 @@ def test_word_timestamps_monotone_inside_audio():
     assert word_timestamps(e, "", V) == []
 
 
+def test_word_probability_is_lower_where_the_emissions_are_unsure():
+    sure = emission(HELLO)
+    unsure = sure.clone()
+    unsure[12:18] = emission(HELLO[12:18], floor=-1.0)[:]  # "world": each frame's label barely ahead
+    for e in (sure, unsure):
+        assert all(0 < w.probability <= 1 for w in word_timestamps(e, "hello world", V))
+    hello, world = word_timestamps(unsure, "hello world", V)
+    assert hello.probability > 0.99 and world.probability < 0.2
+    assert hello.probability == pytest.approx(word_timestamps(sure, "hello world", V)[0].probability)
+
+
 @pytest.mark.parametrize("seconds", [0.03, 1.0, 29.99, 30.0, 30.02, 61.3, 95.0, 600.0])
 def test_chunk_windows_tile_every_frame_once(seconds):
     n = int(seconds * 16000)

@@ -97,6 +97,7 @@ def test_openai_client_json_text_and_verbose_words(client, clips):
     assert words and [w.word for w in words] == verbose.text.split()
     assert all(0 <= w.start <= w.end <= verbose.duration + 0.02 for w in words)
     assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:]))
+    assert all(0 < w.model_extra["probability"] <= 1 for w in words)
     assert verbose.segments and verbose.segments[0].start == words[0].start
     assert " ".join(s.text for s in verbose.segments) == verbose.text
 

@@ -63,7 +63,7 @@ async def transcriptions(
         duration=transcript.duration, text=transcript.text,
         segments=[TranscriptionSegment(id=i, start=start, end=end, text=text)
                   for i, (start, end, text) in enumerate(transcript.cues())],
-        words=[TranscriptionWord(word=w.text, start=w.start, end=w.end) for w in transcript.words]
+        words=[TranscriptionWord(word=w.text, start=w.start, end=w.end, probability=w.probability) for w in transcript.words]
         if "word" in timestamp_granularities else None,
     )
     return JSONResponse(verbose.model_dump(exclude_none=True))

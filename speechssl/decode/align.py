@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchaudio.functional import forced_align, merge_tokens
@@ -35,7 +37,9 @@ def word_timestamps(emissions: Tensor, text: str, vocab: list[str], blank_id: in
     spans = merge_tokens(path[0], scores[0].exp())
     out, i = [], 0
     for word, labels in zip(words, targets):
-        first, last = spans[i], spans[i + len(labels) - 1]
+        letters = spans[i: i + len(labels)]
         i += len(labels) + 1  # and the boundary after it
-        out.append(Word(word, round(first.start * frame_seconds, 3), round(last.end * frame_seconds, 3)))
+        probability = math.exp(sum(math.log(max(s.score, 1e-12)) for s in letters) / len(letters))
+        out.append(Word(word, round(letters[0].start * frame_seconds, 3), round(letters[-1].end * frame_seconds, 3),
+                        min(probability, 1.0)))
     return out
