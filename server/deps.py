@@ -11,7 +11,7 @@ from fastapi import Request, UploadFile
 
 from server import work
 from server.batcher import DeadlineExceeded, QueueFull, ShuttingDown
-from server.errors import ApiError, audio_error
+from server.errors import ApiError, library_error
 from speechssl.api import HeadMissingError
 from speechssl.audio import AudioError, load_audio
 
@@ -26,7 +26,7 @@ async def read_upload(request: Request, upload: UploadFile) -> np.ndarray:
     try:
         return await asyncio.to_thread(load_audio, data, None, max_seconds=settings.max_audio_seconds)
     except AudioError as exc:
-        raise audio_error(exc) from None
+        raise library_error(exc) from None
 
 
 async def submit(request: Request, op: Hashable, wave: np.ndarray) -> Any:
@@ -112,5 +112,5 @@ def require_head(request: Request, head: str):
     try:
         model.require(head)
     except HeadMissingError as exc:
-        raise ApiError(400, str(exc), code="head_missing") from None
+        raise library_error(exc) from None
     return model

@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from speechssl.api import HeadMissingError
 from speechssl.audio import AudioDecodeError, AudioError, AudioTooLongError
+from speechssl.errors import SpeechSSLError
 
 log = logging.getLogger("speechssl.server")
 
@@ -25,12 +27,18 @@ def error_response(status: int, message: str, type_: str, code: str | None, head
     return JSONResponse({"error": {"message": message, "type": type_, "code": code}}, status_code=status, headers=headers)
 
 
-def audio_error(exc: AudioError) -> ApiError:
+def library_error(exc: SpeechSSLError) -> ApiError:
+    """The 4xx answer to an error the library raised about a request: undecodable audio 415,
+    too long 413, other bad audio 400, a head the checkpoint lacks 400, anything else 400."""
     if isinstance(exc, AudioDecodeError):
         return ApiError(415, str(exc), code="unsupported_audio")
     if isinstance(exc, AudioTooLongError):
         return ApiError(413, str(exc), code="audio_too_long")
-    return ApiError(400, str(exc), code="invalid_audio")
+    if isinstance(exc, AudioError):
+        return ApiError(400, str(exc), code="invalid_audio")
+    if isinstance(exc, HeadMissingError):
+        return ApiError(400, str(exc), code="head_missing")
+    return ApiError(400, str(exc), code="invalid_request")
 
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "upload_too_large"}
@@ -40,6 +48,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+
+    @app.exception_handler(SpeechSSLError)
+    async def _library(request: Request, exc: SpeechSSLError):
+        error = library_error(exc)
+        return error_response(error.status, error.message, error.type, error.code, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -14,6 +14,7 @@ import torch
 
 from speechssl.api import SpeechModel, stitch
 from speechssl.audio import SAMPLE_RATE
+from speechssl.errors import SpeechSSLError
 
 Plan = tuple[list[np.ndarray], Callable[[list[Any]], Any]]  # (pieces, finish(outputs) -> result)
 
@@ -56,7 +57,7 @@ def run_batch(model: SpeechModel) -> Callable[[Hashable, list[np.ndarray]], list
     return run
 
 
-class NonFiniteOutput(ValueError):
+class NonFiniteOutput(SpeechSSLError, ValueError):
     """The model produced NaN or infinite values for this audio."""
 
 

@@ -16,6 +16,7 @@ from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.device import resolve_device
+from speechssl.errors import SpeechSSLError
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import Window, windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
@@ -29,7 +30,7 @@ AudioInput = Union[str, Path, bytes, np.ndarray, torch.Tensor]
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default.safetensors"
 
 
-class HeadMissingError(ValueError):
+class HeadMissingError(SpeechSSLError, ValueError):
     """The loaded checkpoint lacks the head a method needs (e.g. transcribe without CTC)."""
 
 

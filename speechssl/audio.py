@@ -17,6 +17,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechssl.errors import SpeechSSLError
+
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # one receptive field of the conv feature encoder (25 ms)
 # Limits on what a header may declare, checked before anything is decoded or resampled:
@@ -31,7 +33,7 @@ MAX_ABS_SAMPLE = 1000.0
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, "torch.Tensor"]  # noqa: F821
 
 
-class AudioError(ValueError):
+class AudioError(SpeechSSLError, ValueError):
     """Audio that cannot be used; the message says why."""
 
 

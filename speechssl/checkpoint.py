@@ -21,11 +21,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from speechssl.config import ConfigError, ModelConfig, build
+from speechssl.errors import SpeechSSLError
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SpeechSSLError, ValueError):
     """A checkpoint file that cannot be used; the message says why."""
 
 

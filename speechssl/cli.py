@@ -368,19 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from speechssl.audio import AudioError
-    from speechssl.checkpoint import CheckpointError
-    from speechssl.config import ConfigError
-    from speechssl.data.manifest import ManifestError
-    from speechssl.data.synth import SynthError
-    from speechssl.api import HeadMissingError
-    from speechssl.decode.ctc import DecodeError
-    from speechssl.verification import TrialError
+    from speechssl.errors import SpeechSSLError
 
     try:
         return run(args)
-    except (ConfigError, CheckpointError, AudioError, ManifestError, SynthError, FileNotFoundError,
-            HeadMissingError, DecodeError, TrialError) as exc:
+    except (SpeechSSLError, FileNotFoundError) as exc:  # the reason in one line, not a traceback
         print(f"speechssl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,8 +16,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from speechssl.errors import SpeechSSLError
 
-class ConfigError(ValueError):
+
+class ConfigError(SpeechSSLError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 

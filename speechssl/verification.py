@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from speechssl.audio import SAMPLE_RATE, load_audio
+from speechssl.errors import SpeechSSLError
 from speechssl.data.manifest import Utterance
 from speechssl.metrics import eer, min_dcf
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from speechssl.api import SpeechModel
 
 
-class TrialError(ValueError):
+class TrialError(SpeechSSLError, ValueError):
     """Trials that cannot be made or read; the message says why (and where, for a file)."""
 
 

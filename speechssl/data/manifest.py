@@ -16,11 +16,13 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from speechssl.errors import SpeechSSLError
+
 MANIFEST_FORMATS = ("folder", "librispeech", "csv", "fsdd", "an4", "ljspeech")
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"}
 
 
-class ManifestError(ValueError):
+class ManifestError(SpeechSSLError, ValueError):
     """A manifest or source tree that cannot be read; the message names the file and line."""
 
 

@@ -29,6 +29,7 @@ import soundfile as sf
 from speechssl.audio import SAMPLE_RATE, AudioError, load_audio
 from speechssl.data.manifest import Utterance, write_manifest
 from speechssl.data.text import sentence_pool
+from speechssl.errors import SpeechSSLError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -56,7 +57,7 @@ class SynthReport:
 
 
 # ---------------------------------------------------------------- engines and speakers
-class SynthError(RuntimeError):
+class SynthError(SpeechSSLError, RuntimeError):
     """No usable speech synthesizer is installed."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from torch import Tensor
 
 from speechssl.models.heads import BLANK, WORD_BOUNDARY
+from speechssl.errors import SpeechSSLError
 
 
-class DecodeError(ValueError):
+class DecodeError(SpeechSSLError, ValueError):
     """Bad decoder settings: a missing LM file, a vocabulary without blank or word boundary."""
 
 
