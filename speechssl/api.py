@@ -204,11 +204,12 @@ class SpeechModel:
         vectors, _ = self.speaker_outputs(waves)
         return vectors[0] if single else vectors
 
-    def verify(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> Verification:
+    def verify(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None,
+               threshold: float | None = None) -> Verification:
         """Whether two recordings are of the same speaker: cosine of their speaker vectors
-        against the checkpoint's stored threshold."""
+        against ``threshold``, by default the checkpoint's stored one."""
         self.require("speaker")
-        threshold = self.speaker_threshold
+        threshold = self.speaker_threshold if threshold is None else float(threshold)
         if threshold is None:
             raise HeadMissingError(f"checkpoint {self.name!r} has a speaker head but no speaker_threshold in its "
                                    "metadata; evaluate it and store one, or compare speaker_vector()s yourself")

@@ -1,12 +1,14 @@
-"""The ``speechssl`` command line: thin wrappers over the library."""
+"""The ``speechssl`` command line: the parser, and a table from each command to its handler
+in ``speechssl.commands`` (a thin call into the library, then the printing)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
+
+from speechssl import commands
 
 DESCRIPTION = """\
 speechssl: self-supervised speech representations (wav2vec 2.0).
@@ -43,13 +45,10 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--word-score", type=float, default=0.0, help="score added per word (default 0)")
 
 
-def make_decoder(args: argparse.Namespace, vocab: list[str]):
-    if not (args.beam or args.lm):
-        return None
-    from speechssl.decode.ctc import BeamDecoder, BeamSettings
-
-    return BeamDecoder(vocab, BeamSettings(beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
-                                           lm_weight=args.lm_weight, word_score=args.word_score))
+def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """--checkpoint and --device, for the commands that load a model."""
+    parser.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,11 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Transcribe audio files of any length (long files are decoded in "
                                 "overlapping chunks). Greedy decoding unless --beam is given.")
     transcribe.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
-    transcribe.add_argument("--checkpoint", default=None, help="checkpoint with a CTC head (default: the shipped model)")
+    add_model_options(transcribe, "checkpoint with a CTC head (default: the shipped model)")
     transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
                             help="text: one line per file; json: text, duration and words with start/end seconds")
     add_decoder_options(transcribe)
-    transcribe.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
     make_lm = sub.add_parser("make-lm", help="build a word n-gram LM (ARPA) from text for beam search",
                              description="Count word n-grams in text files (one sentence per line) and/or the "
@@ -151,10 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_asr = eval_sub.add_parser("asr", help="WER, CER and real-time factor on a transcribed manifest",
                                    description="Transcribe every utterance of a manifest with text and print "
                                    "JSON: wer, cer (jiwer), utterances, audio_seconds, real_time_factor.")
-    eval_asr.add_argument("--checkpoint", default=None, help="checkpoint with a CTC head (default: the shipped model)")
+    add_model_options(eval_asr, "checkpoint with a CTC head (default: the shipped model)")
     eval_asr.add_argument("--manifest", required=True, type=Path, help="JSONL manifest with text")
     add_decoder_options(eval_asr)
-    eval_asr.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
     eval_speaker = eval_sub.add_parser(
         "speaker", help="speaker verification EER and minDCF, with MFCC and mean-pooled baselines",
@@ -163,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "threshold, and the same figures on the same trials for two baselines (mean-pooled encoder features "
         "without the head; mean MFCCs). Trials: every same-speaker pair of the manifest and as many "
         "different-speaker pairs (seeded), or --trials.")
-    eval_speaker.add_argument("--checkpoint", default=None, help="checkpoint with a speaker head (default: the shipped model)")
+    add_model_options(eval_speaker, "checkpoint with a speaker head (default: the shipped model)")
     eval_speaker.add_argument("--manifest", required=True, type=Path, help="JSONL manifest with speaker labels")
     eval_speaker.add_argument("--trials", type=Path, default=None,
                               help="trial file, one 'LABEL A B' per line (LABEL 1/0; A, B manifest ids or paths)")
@@ -173,14 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="regex whose group 1 is the speaker, for rows without one, e.g. '^([0-9]+)-'")
     eval_speaker.add_argument("--seed", type=int, default=0, help="seed of the trial draw (default 0)")
     eval_speaker.add_argument("--no-baselines", action="store_true", help="score the speaker head only")
-    eval_speaker.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
     speaker_vector = sub.add_parser("speaker-vector", help="print unit-length speaker vectors of audio files as JSON lines",
                                     description="One JSON line per file: {file, dim, embedding}; the cosine of two "
                                     "vectors (their dot product) scores whether they are the same speaker.")
     speaker_vector.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
-    speaker_vector.add_argument("--checkpoint", default=None, help="checkpoint with a speaker head (default: the shipped model)")
-    speaker_vector.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_model_options(speaker_vector, "checkpoint with a speaker head (default: the shipped model)")
 
     verify = sub.add_parser("verify", help="are two recordings the same speaker? prints JSON",
                             description="Print JSON {score, threshold, same_speaker}: the cosine of the two speaker "
@@ -188,18 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "speakers) or --threshold.")
     verify.add_argument("a", type=Path, help="first audio file")
     verify.add_argument("b", type=Path, help="second audio file")
-    verify.add_argument("--checkpoint", default=None, help="checkpoint with a speaker head (default: the shipped model)")
+    add_model_options(verify, "checkpoint with a speaker head (default: the shipped model)")
     verify.add_argument("--threshold", type=float, default=None, help="cosine threshold instead of the stored one")
-    verify.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
     embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines",
                            description="Encode audio files; one JSON line per file with its embedding.")
     embed.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
-    embed.add_argument("--checkpoint", default=None, help="a speechssl checkpoint (default: the shipped model)")
+    add_model_options(embed, "a speechssl checkpoint (default: the shipped model)")
     embed.add_argument("--layer", type=int, default=None, help="transformer layer (default: last)")
     embed.add_argument("--pooling", choices=["mean", "none"], default="mean",
                        help="mean: one vector per file (default); none: one vector per 20 ms frame")
-    embed.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
     imp = sub.add_parser("import-hf", help="convert a transformers Wav2Vec2 folder to a speechssl checkpoint",
                          description="Read config.json + weights of a Wav2Vec2Model / Wav2Vec2ForPreTraining / "
@@ -229,138 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = {
+    "data synth": commands.data_synth,
+    "data voices": commands.data_voices,
+    "data manifest": commands.data_manifest,
+    "pretrain": commands.pretrain,
+    "finetune-ctc": commands.finetune_ctc,
+    "train-speaker": commands.train_speaker,
+    "recipe": commands.recipe,
+    "transcribe": commands.transcribe,
+    "make-lm": commands.make_lm,
+    "evaluate asr": commands.evaluate_asr,
+    "evaluate speaker": commands.evaluate_speaker,
+    "speaker-vector": commands.speaker_vector,
+    "verify": commands.verify,
+    "embed": commands.embed,
+    "serve": commands.serve,
+    "import-hf": commands.import_hf,
+    "export-hf": commands.export_hf,
+}
+
+
 def run(args: argparse.Namespace) -> int:
-    from speechssl.config import ConfigError
-
-    if args.command == "data" and args.data_command == "synth":
-        from speechssl.data.synth import main_synth
-
-        main_synth(args.out, args.hours, seed=args.seed, jobs=args.jobs)
-    elif args.command == "data" and args.data_command == "voices":
-        from speechssl.data.synth import main_voices
-
-        if args.speakers < 1 or args.per_speaker < 1:
-            raise ConfigError("--speakers and --per-speaker must be >= 1")
-        main_voices(args.out, args.corpus, args.speakers, args.per_speaker, jobs=args.jobs)
-    elif args.command == "data" and args.data_command == "manifest":
-        from speechssl.data.manifest import build_manifest, write_manifest
-
-        rows = build_manifest(args.src, args.format)
-        write_manifest(rows, args.out)
-        hours = sum(r.duration for r in rows) / 3600
-        print(f"wrote {len(rows)} utterances ({hours:.2f} h) to {args.out}")
-    elif args.command == "pretrain":
-        from speechssl.train.pretrain import run_pretrain
-
-        summary = run_pretrain(args.config, args.overrides, resume=args.resume)
-        print(json.dumps({"step": summary.step, "wall_seconds": round(summary.wall_seconds, 1),
-                          "best": summary.best, "out_dir": str(summary.out_dir)}, indent=2))
-    elif args.command == "finetune-ctc":
-        from speechssl.train.ctc import run_finetune_ctc
-
-        summary = run_finetune_ctc(args.config, args.overrides, resume=args.resume)
-        print(json.dumps({"step": summary.step, "wall_seconds": round(summary.wall_seconds, 1),
-                          "best": summary.best, "out_dir": str(summary.out_dir)}, indent=2))
-    elif args.command == "recipe":
-        from speechssl.recipe import run_recipe
-
-        print(json.dumps(run_recipe(args.config, args.overrides, only=args.stage), indent=2))
-    elif args.command == "transcribe":
-        import speechssl
-        from speechssl.transcript import to_srt, to_vtt
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        model.require("ctc")
-        decoder = make_decoder(args, model.metadata["vocab"])
-        for path in args.files:
-            transcript = model.transcribe(str(path), decoder=decoder, timestamps=args.format != "text")
-            if args.format == "text":
-                print(transcript.text)
-            elif args.format == "json":
-                print(json.dumps({"file": str(path), **transcript.to_dict()}))
-            else:
-                print((to_srt if args.format == "srt" else to_vtt)(transcript))
-    elif args.command == "make-lm":
-        from speechssl.data.manifest import read_manifest
-        from speechssl.decode.ngram import write_arpa
-
-        sentences = [line for path in args.text for line in path.read_text(encoding="utf-8").splitlines()]
-        sentences += [u.text for path in args.manifest for u in read_manifest(path) if u.text]
-        if not sentences:
-            raise ConfigError("make-lm: give --text files or --manifest files with transcripts")
-        write_arpa(sentences, args.out, order=args.order)
-        print(f"wrote a {args.order}-gram LM from {len(sentences)} sentences to {args.out}")
-    elif args.command == "evaluate" and args.evaluate_command == "asr":
-        import speechssl
-        from speechssl.data.manifest import read_manifest
-        from speechssl.evaluation import evaluate_asr
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        model.require("ctc")
-        scores = evaluate_asr(model, read_manifest(args.manifest), make_decoder(args, model.metadata["vocab"]))
-        print(json.dumps({"checkpoint": model.name, "manifest": str(args.manifest),
-                          "decoder": "beam" if (args.beam or args.lm) else "greedy", **scores}, indent=2))
-    elif args.command == "train-speaker":
-        from speechssl.train.speaker import run_train_speaker
-
-        summary = run_train_speaker(args.config, args.overrides, resume=args.resume)
-        print(json.dumps({"step": summary.step, "wall_seconds": round(summary.wall_seconds, 1),
-                          "best": summary.best, "out_dir": str(summary.out_dir)}, indent=2))
-    elif args.command == "evaluate" and args.evaluate_command == "speaker":
-        import speechssl
-        from speechssl.data.manifest import read_manifest
-        from speechssl.data.selection import per_speaker_subset, with_speakers
-        from speechssl.verification import evaluate_speaker, read_trials
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        model.require("speaker")
-        utterances = read_manifest(args.manifest)
-        if args.trials is not None:
-            trials = read_trials(args.trials, utterances)
-        else:
-            utterances = with_speakers(utterances, args.speaker_id_pattern)
-            if args.per_speaker is not None:
-                utterances = per_speaker_subset(utterances, args.per_speaker, args.seed)
-            trials = None
-        scores = evaluate_speaker(model, utterances, trials, seed=args.seed, baselines=not args.no_baselines)
-        print(json.dumps({"manifest": str(args.manifest), **scores}, indent=2))
-    elif args.command == "speaker-vector":
-        import speechssl
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        model.require("speaker")
-        for path in args.files:
-            vector = model.speaker_vector(str(path))
-            print(json.dumps({"file": str(path), "dim": int(vector.shape[0]), "embedding": vector.tolist()}))
-    elif args.command == "verify":
-        import speechssl
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        if args.threshold is not None:
-            model.metadata["speaker_threshold"] = args.threshold
-        print(json.dumps(model.verify(str(args.a), str(args.b)).to_dict()))
-    elif args.command == "embed":
-        import speechssl
-
-        model = speechssl.load(args.checkpoint, device=args.device)
-        for path in args.files:
-            vector = model.embed(str(path), layer=args.layer, pooling=args.pooling)
-            print(json.dumps({"file": str(path), "shape": list(vector.shape), "embedding": vector.tolist()}))
-    elif args.command == "serve":
-        from server.main import serve
-
-        flags = {k: getattr(args, k) for k in ("checkpoint", "host", "port", "device", "max_batch_items", "quantize")}
-        serve({k: v for k, v in flags.items() if v is not None}, workers=args.workers)
-    elif args.command == "import-hf":
-        from speechssl.interop.hf import import_hf
-
-        import_hf(args.hf_dir, args.out)
-        print(f"wrote {args.out}")
-    elif args.command == "export-hf":
-        from speechssl.interop.hf import export_hf
-
-        export_hf(args.checkpoint, args.out_dir)
-        print(f"wrote {args.out_dir}")
+    """Call the handler of the parsed command ("data synth", "embed", ...)."""
+    action = getattr(args, "data_command", None) or getattr(args, "evaluate_command", None)
+    COMMANDS[f"{args.command} {action}" if action else args.command](args)
     return 0
 
 

@@ -127,13 +127,13 @@ class Recipe:
 
     def stage_data(self) -> dict[str, Any]:
         from speechssl.data.manifest import build_manifest, write_manifest
-        from speechssl.data.synth import main_synth, main_voices
+        from speechssl.data.synth import synthesize, synthesize_voices
 
         src = self.config.data
         hours = src.gpu_corpus_hours if self.gpu else src.corpus_hours
-        main_synth(self.corpus, hours, seed=src.corpus_seed)
+        log.info("%s", synthesize(self.corpus, hours, seed=src.corpus_seed).summary())
         if src.voices:
-            main_voices(self.voices, self.corpus, src.voices, src.voices_per_speaker)
+            log.info("%s", synthesize_voices(self.voices, self.corpus, src.voices, src.voices_per_speaker).summary())
         librispeech = build_manifest(src.librispeech, "folder")
         write_manifest(librispeech, self.manifest("librispeech"))
         fsdd = build_manifest(src.fsdd, "fsdd")

@@ -318,6 +318,9 @@ def test_checkpoint_problems_are_named(head_checkpoint, tmp_path):
     assert model.heads == ["embeddings", "speaker"]
     with pytest.raises(HeadMissingError, match="no speaker_threshold"):
         model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000)
+    given = model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000, threshold=0.5)
+    assert given.threshold == 0.5 and given.same_speaker == (given.score >= 0.5)
+    assert model.speaker_threshold is None and "speaker_threshold" not in model.metadata  # asked, not stored
 
 
 # --- CLI and training -------------------------------------------------------------------
@@ -349,6 +352,9 @@ def test_cli_vector_verify_and_evaluate(head_checkpoint, digit_manifests, capsys
     assert main(["verify", "--checkpoint", str(head_checkpoint), str(clips[0]), str(clips[0])]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["threshold"] == THRESHOLD and verdict["same_speaker"] is True
+    assert main(["verify", "--checkpoint", str(head_checkpoint), "--threshold", "1.5", str(clips[0]), str(clips[0])]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["threshold"] == 1.5 and verdict["same_speaker"] is False
     assert main(["evaluate", "speaker", "--checkpoint", str(head_checkpoint), "--manifest",
                  str(digit_manifests[1]), "--per-speaker", "4"]) == 0
     report = json.loads(capsys.readouterr().out)

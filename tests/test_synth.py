@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from speechssl.data import synth
+from speechssl.data import synth, voices
 from speechssl.data.manifest import read_manifest
 from speechssl.data.text import grammar_sentences, number_to_words, sentence_pool
 
@@ -118,10 +118,10 @@ def test_voices_command_refuses_bad_arguments(corpus, tmp_path, capsys):
 
 def test_missing_synthesizer_messages(monkeypatch, tmp_path):
     real_which = shutil.which
-    monkeypatch.setattr(synth.shutil, "which", lambda b: None if b == "flite" else real_which(b))
+    monkeypatch.setattr(voices.shutil, "which", lambda b: None if b == "flite" else real_which(b))
     with pytest.warns(UserWarning, match="flite not found: apt-get install flite"):
         assert synth.available_engines(("espeak", "flite")) == ["espeak"]
-    monkeypatch.setattr(synth.shutil, "which", lambda b: None)
+    monkeypatch.setattr(voices.shutil, "which", lambda b: None)
     missing = pytest.raises(synth.SynthError, match="apt-get install espeak-ng flite festival")
     with pytest.warns(UserWarning), missing:
         synth.synthesize(tmp_path, 0.01)
