@@ -7,9 +7,11 @@ the head in its metadata, so one file can hold the encoder and every head.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import string
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +101,42 @@ class TemporalBlock(nn.Module):
         return x + self.norm(self.conv(x.transpose(1, 2)).transpose(1, 2).relu())
 
 
+@dataclass
+class SpeakerHeadConfig:
+    """The speaker head's shape: train-speaker's ``head.*`` settings, and (with ``hidden_size`` and
+    ``num_layers`` resolved to a number) what a checkpoint stores as metadata["speaker_head"]."""
+
+    dim: int = 192
+    num_layers: int | None = None  # weight the transformer input and the first N layers; None: all
+    channels: int = 256  # frame-wise linear layer before pooling; 0 skips it
+    attention_dim: int = 128
+    context: list[int] = field(default_factory=list)  # dilations of residual time convolutions, e.g. [1, 2, 3]
+    mel_bins: int = 0  # also read each frame's log-mel spectrum (e.g. 80); 0: the encoder's frames alone
+
+    def validate(self) -> None:
+        from speechssl.config import ConfigError
+
+        if self.dim < 1 or self.channels < 0 or self.attention_dim < 1:
+            raise ConfigError("head.dim and head.attention_dim must be >= 1, head.channels >= 0")
+        if any(d < 1 for d in self.context):
+            raise ConfigError("head.context: dilations must be >= 1")
+        if self.mel_bins < 0 or (self.mel_bins and not self.channels):
+            raise ConfigError("head.mel_bins must be >= 0, and needs head.channels > 0")
+
+    def layers(self, encoder_layers: int) -> int:
+        """How many transformer layers the head reads from an encoder of ``encoder_layers``."""
+        from speechssl.config import ConfigError
+
+        if self.num_layers is None:
+            return encoder_layers
+        if not 0 <= self.num_layers <= encoder_layers:
+            raise ConfigError(f"head.num_layers must be between 0 and the encoder's {encoder_layers}")
+        return self.num_layers
+
+
+SHAPE_FIELDS = [f.name for f in dataclasses.fields(SpeakerHeadConfig) if f.name != "num_layers"]
+
+
 class SpeakerHead(nn.Module):
     """A speaker vector from the encoder's layers (SUPERB-style weighted sum, then x-vector pooling).
 
@@ -115,13 +153,16 @@ class SpeakerHead(nn.Module):
     pitch that tell voices apart, which the spectrum still has.
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, dim: int = 192, channels: int = 256,
-                 attention_dim: int = 128, context: tuple[int, ...] | list[int] = (), mel_bins: int = 0):
+    def __init__(self, hidden_size: int, num_layers: int, **shape):
+        """``shape``: the fields of SpeakerHeadConfig but num_layers (dim, channels, attention_dim,
+        context, mel_bins), by name; an unknown name is a TypeError."""
         super().__init__()
+        settings = SpeakerHeadConfig(num_layers=num_layers, **shape)
+        dim, channels, attention_dim, mel_bins = settings.dim, settings.channels, settings.attention_dim, settings.mel_bins
         if mel_bins and not channels:
             raise ValueError("a speaker head with mel_bins needs channels > 0")
         self.hidden_size, self.num_layers, self.dim = hidden_size, num_layers, dim
-        self.channels, self.attention_dim, self.context = channels, attention_dim, list(context)
+        self.channels, self.attention_dim, self.context = channels, attention_dim, list(settings.context)
         self.mel_bins = mel_bins
         self.layer_logits = nn.Parameter(torch.zeros(num_layers + 1))
         width = channels or hidden_size
@@ -133,11 +174,15 @@ class SpeakerHead(nn.Module):
         self.norm = nn.LayerNorm(2 * width)
         self.proj = nn.Linear(2 * width, dim)
 
+    @classmethod
+    def from_config(cls, hidden_size: int, encoder_layers: int, config: SpeakerHeadConfig) -> SpeakerHead:
+        """The head ``config`` describes, on an encoder of ``hidden_size`` and ``encoder_layers``."""
+        return cls(hidden_size, config.layers(encoder_layers), **{name: getattr(config, name) for name in SHAPE_FIELDS})
+
     def config(self) -> dict[str, int | list[int]]:
         """What rebuilds this head: ``SpeakerHead(**head.config())`` (stored as metadata["speaker_head"])."""
-        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "dim": self.dim,
-                "channels": self.channels, "attention_dim": self.attention_dim, "context": self.context,
-                "mel_bins": self.mel_bins}
+        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                **{name: getattr(self, name) for name in SHAPE_FIELDS}}
 
     def mel_input(self, waves: Tensor, frames: int) -> Tensor | None:
         """The ``mel`` argument of ``forward`` for (B, N) padded waves with ``frames`` encoder frames;

@@ -191,25 +191,32 @@ class TransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, x: Tensor, valid: Tensor | None, num_layers: int | None = None) -> list[Tensor]:
+    def forward(self, x: Tensor, valid: Tensor | None, num_layers: int | None = None,
+                start_layer: int | None = None) -> list[Tensor]:
         """x (B, T, C), valid (B, T) bool -> hidden states [input, layer 1, ..., layer N].
 
         Entry 0 is the input to the first layer; the last entry is the final output
         (after the closing layer norm of the pre-LN variant). ``num_layers`` stops early.
+
+        ``start_layer`` k: x is entry k of an earlier run (e.g. from a cache), not the
+        projected features; only layers k+1..N run, without layer drop, and the list holds
+        entries k..N.
         """
+        cached = start_layer is not None
         attn_mask = None
         if valid is not None and not bool(valid.all()):
-            # Padding must be zero before the positional conv, as it is for an item alone.
-            x = x * valid.unsqueeze(-1).to(x.dtype)
+            if not cached:  # padding must be zero before the positional conv, as for an item alone
+                x = x * valid.unsqueeze(-1).to(x.dtype)
             attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended
-        x = x + self.pos_conv_embed(x)
-        if not self.pre_ln:
-            x = self.layer_norm(x)
-        x = self.dropout(x)
+        if not cached:
+            x = x + self.pos_conv_embed(x)
+            if not self.pre_ln:
+                x = self.layer_norm(x)
+            x = self.dropout(x)
         depth = len(self.layers) if num_layers is None else num_layers
         hidden = [x]
-        for layer in self.layers[:depth]:
-            if self.training and self.layer_drop > 0 and torch.rand(()) < self.layer_drop:
+        for layer in self.layers[start_layer or 0 : depth]:
+            if self.training and self.layer_drop > 0 and not cached and torch.rand(()) < self.layer_drop:
                 hidden.append(x)
                 continue
             x = layer(x, attn_mask)
