@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from speechssl.audio import SAMPLE_RATE, load_audio
-from speechssl.checkpoint import CheckpointError, load_checkpoint, load_into
+from speechssl.checkpoint import CheckpointError
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.device import resolve_device
 from speechssl.errors import SpeechSSLError
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import Window, windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
+from speechssl.models import build
 from speechssl.models.heads import CtcHead, SpeakerHead
 from speechssl.transcript import Transcript
 from speechssl.models.wav2vec2 import Wav2Vec2Model
@@ -282,25 +283,6 @@ def load(path: str | Path | None = None, device: str = "auto", quantize: str | N
                 "(e.g. runs/pretrain/checkpoint.safetensors)"
             )
         path = DEFAULT_CHECKPOINT
-    ckpt = load_checkpoint(path)
-    encoder = Wav2Vec2Model(ckpt.model_config)
-    load_into(encoder, ckpt.state_dict, prefix="wav2vec2.", path=str(path))
-    ctc_head = None
-    if "ctc_head.proj.weight" in ckpt.state_dict:
-        vocab = ckpt.metadata.get("vocab")
-        if not vocab:
-            raise CheckpointError(f"{path}: a CTC head without a vocabulary in its metadata")
-        ctc_head = CtcHead(ckpt.model_config.hidden_size, len(vocab))
-        load_into(ctc_head, ckpt.state_dict, prefix="ctc_head.", path=str(path))
-    speaker_head = None
-    if any(k.startswith("speaker_head.") for k in ckpt.state_dict):
-        settings = ckpt.metadata.get("speaker_head")
-        if not isinstance(settings, dict):
-            raise CheckpointError(f"{path}: a speaker head without its settings (metadata['speaker_head'])")
-        try:
-            speaker_head = SpeakerHead(**settings)
-        except TypeError as exc:
-            raise CheckpointError(f"{path}: bad speaker head settings {settings}: {exc}") from None
-        load_into(speaker_head, ckpt.state_dict, prefix="speaker_head.", path=str(path))
-    return SpeechModel(encoder, ckpt.metadata, resolve_device(device), Path(path).stem, ctc_head=ctc_head,
-                       speaker_head=speaker_head, quantize=quantize, precision=precision)
+    built = build.from_checkpoint(path)
+    return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), Path(path).stem,
+                       ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision)

@@ -30,6 +30,44 @@ class CheckpointError(SpeechSSLError, ValueError):
     """A checkpoint file that cannot be used; the message says why."""
 
 
+# Which heads a checkpoint holds: the prefix of each head's weights beside the encoder's ``wav2vec2.*``.
+HEAD_PREFIXES = {"ctc": "ctc_head.", "speaker": "speaker_head."}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The metadata fields speechssl reads, typed and checked (``Checkpoint.info``); the rest
+    (training step, results, init_from, ...) stays in ``Checkpoint.metadata`` as it was written.
+
+    The file format is unchanged: metadata is still one JSON object, so old checkpoints load.
+    """
+
+    kind: str | None = None  # "pretrain", "ctc", "ctc-probe", "speaker", ...
+    vocab: list[str] | None = None  # CTC output tokens
+    blank_id: int = 0
+    speaker_head: dict[str, Any] | None = None  # SpeakerHead(**speaker_head) rebuilds the head
+    speaker_threshold: float | None = None  # cosine threshold for verify: the validation EER point
+
+    @classmethod
+    def parse(cls, metadata: dict[str, Any], where: str | Path) -> CheckpointInfo:
+        """The typed fields of ``metadata``; CheckpointError naming ``where`` when one has the wrong type."""
+        threshold = metadata.get("speaker_threshold")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not math.isfinite(threshold)):
+            raise CheckpointError(f"{where}: speaker_threshold must be a finite number, got {threshold!r}")
+        vocab = metadata.get("vocab")
+        if vocab is not None and not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)):
+            raise CheckpointError(f"{where}: vocab must be a list of strings")
+        try:
+            blank_id = int(metadata.get("blank_id", 0))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{where}: blank_id must be a whole number, got {metadata['blank_id']!r}") from None
+        kind, head = metadata.get("kind"), metadata.get("speaker_head")
+        return cls(kind=kind if isinstance(kind, str) else None, vocab=vocab, blank_id=blank_id,
+                   speaker_head=head if isinstance(head, dict) else None,
+                   speaker_threshold=None if threshold is None else float(threshold))
+
+
 @dataclass
 class Checkpoint:
     """Weights of the encoder (``wav2vec2.*``) and any heads, plus what is needed to rebuild them."""
@@ -37,6 +75,16 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     model_config: ModelConfig
     metadata: dict[str, Any] = field(default_factory=dict)  # vocabulary, speaker threshold, training info
+    source: str = "checkpoint"  # where it was read from, for messages (not saved)
+
+    @property
+    def info(self) -> CheckpointInfo:
+        return CheckpointInfo.parse(self.metadata, self.source)
+
+    @property
+    def heads(self) -> list[str]:
+        """The heads whose weights this checkpoint holds ("ctc", "speaker"), in HEAD_PREFIXES order."""
+        return [head for head, prefix in HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in self.state_dict)]
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -122,24 +170,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for name, tensor in state.items():  # NaN weights would load, report ready and serve nulls
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
-    return Checkpoint(state, config, metadata)
+    return Checkpoint(state, config, metadata, source=str(path))
 
 
 def check_metadata(path: Path, text: str) -> dict[str, Any]:
-    """The metadata JSON as a dict, with the fields inference reads typed as it needs them."""
+    """The metadata JSON as a dict, its typed fields checked (CheckpointInfo.parse)."""
     try:
         metadata = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
-    threshold = metadata.get("speaker_threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise CheckpointError(f"{path}: speaker_threshold must be a finite number, got {threshold!r}")
-    vocab = metadata.get("vocab")
-    if vocab is not None and not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)):
-        raise CheckpointError(f"{path}: vocab must be a list of strings")
+    CheckpointInfo.parse(metadata, path)
     return metadata
 
 

@@ -24,8 +24,9 @@ from typing import Literal
 
 import torch
 
-from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from speechssl.config import ConfigError, ModelConfig
+from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from speechssl.config import ModelConfig
+from speechssl.interop.hf_config import HfInteropError, hf_config_from_model_config, model_config_from_hf
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model
 
 SAMPLE_RATE = 16000
@@ -42,10 +43,6 @@ _ENCODER_PARTS = ("feature_extractor.", "feature_projection.", "encoder.", "mask
 _CTC_KEYS = ("ctc_head.proj.weight", "ctc_head.proj.bias")
 
 
-class HfInteropError(CheckpointError):
-    """A transformers folder or config that speechssl cannot convert; the message says why."""
-
-
 def rename_key(key: str, to_hf: bool) -> str:
     """One parameter name, speechssl -> transformers (``to_hf``) or back."""
     for ours, theirs in _RENAMES:
@@ -53,77 +50,6 @@ def rename_key(key: str, to_hf: bool) -> str:
         if src in key:
             return key.replace(src, dst, 1)
     return key
-
-
-# --------------------------------------------------------------------------- configs
-
-
-# (our ModelConfig field, transformers Wav2Vec2Config field): the one table both directions read.
-CONFIG_FIELDS = (
-    ("conv_dims", "conv_dim"), ("conv_kernels", "conv_kernel"), ("conv_strides", "conv_stride"),
-    ("conv_norm", "feat_extract_norm"), ("conv_bias", "conv_bias"), ("hidden_size", "hidden_size"),
-    ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"), ("ffn_dim", "intermediate_size"),
-    ("layer_norm_first", "do_stable_layer_norm"), ("pos_conv_kernel", "num_conv_pos_embeddings"),
-    ("pos_conv_groups", "num_conv_pos_embedding_groups"), ("layer_norm_eps", "layer_norm_eps"),
-    ("dropout", "hidden_dropout"), ("attention_dropout", "attention_dropout"),
-    ("activation_dropout", "activation_dropout"), ("feature_dropout", "feat_proj_dropout"),
-    ("layer_drop", "layerdrop"), ("mask_prob", "mask_time_prob"), ("mask_length", "mask_time_length"),
-    ("min_masks", "mask_time_min_masks"), ("mask_channel_prob", "mask_feature_prob"),
-    ("mask_channel_length", "mask_feature_length"), ("num_codevector_groups", "num_codevector_groups"),
-    ("num_codevectors", "num_codevectors_per_group"), ("codevector_dim", "codevector_dim"),
-    ("proj_codevector_dim", "proj_codevector_dim"),
-)
-LIST_FIELDS = {"conv_dims", "conv_kernels", "conv_strides"}
-
-
-def hf_config_from_model_config(cfg: ModelConfig, **extra):
-    """Our ModelConfig -> ``transformers.Wav2Vec2Config``; ``extra`` sets other fields (vocab_size ...)."""
-    from transformers import Wav2Vec2Config
-
-    fields = {hf: getattr(cfg, ours) for ours, hf in CONFIG_FIELDS}
-    return Wav2Vec2Config(**fields, feat_extract_activation="gelu", hidden_act="gelu", apply_spec_augment=True, **extra)
-
-
-def _check_supported(hf_cfg) -> None:
-    def unsupported(what: str) -> HfInteropError:
-        return HfInteropError(f"unsupported transformers config: {what}")
-
-    model_type = getattr(hf_cfg, "model_type", "wav2vec2")
-    if model_type != "wav2vec2":
-        raise unsupported(f"model_type={model_type!r} (only 'wav2vec2' has our layout)")
-    for name in ("feat_extract_activation", "hidden_act"):
-        if getattr(hf_cfg, name) != "gelu":
-            raise unsupported(f"{name}={getattr(hf_cfg, name)!r} (speechssl uses exact 'gelu' only)")
-    if hf_cfg.feat_extract_norm not in ("group", "layer"):
-        raise unsupported(f"feat_extract_norm={hf_cfg.feat_extract_norm!r} (use 'group' or 'layer')")
-    if getattr(hf_cfg, "add_adapter", False):
-        raise unsupported("add_adapter=True (the output adapter after the encoder is not implemented)")
-    if getattr(hf_cfg, "adapter_attn_dim", None) is not None:
-        raise unsupported("adapter_attn_dim is set (per-layer attention adapters, as in MMS, are not implemented)")
-    if len(hf_cfg.conv_dim) != hf_cfg.num_feat_extract_layers:
-        raise unsupported(
-            f"num_feat_extract_layers={hf_cfg.num_feat_extract_layers} but conv_dim has {len(hf_cfg.conv_dim)} entries"
-        )
-
-
-def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfig:
-    """``transformers.Wav2Vec2Config`` -> our ModelConfig; unsupported settings raise HfInteropError.
-
-    Training-only settings we have no field for (``final_dropout``,
-    ``feat_quantizer_dropout``, loss weights) are dropped: they change no weight
-    and no inference output. ``apply_spec_augment=False`` becomes masking off.
-    """
-    _check_supported(hf_cfg)
-    fields = {ours: getattr(hf_cfg, hf) for ours, hf in CONFIG_FIELDS}
-    fields.update({name: list(fields[name]) for name in LIST_FIELDS})
-    if not getattr(hf_cfg, "apply_spec_augment", True):
-        fields.update(mask_prob=0.0, mask_channel_prob=0.0)
-    cfg = ModelConfig(**fields, normalize_waveform=normalize_waveform)
-    try:
-        cfg.validate()
-    except ConfigError as exc:
-        raise HfInteropError(f"transformers config gives an invalid speechssl config: {exc}") from None
-    return cfg
 
 
 # --------------------------------------------------------------------------- import

@@ -8,8 +8,6 @@ trains the same architecture from random weights, for the label-efficiency compa
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import random
 from dataclasses import dataclass, field
@@ -20,15 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from speechssl.checkpoint import Checkpoint, load_checkpoint, load_into
-from speechssl.config import ConfigError, ModelConfig, build_model_config, load_config
+from speechssl.checkpoint import Checkpoint
+from speechssl.config import ConfigError, build_model_config, load_config
 from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, normalize_text, read_manifest
 from speechssl.decode.ctc import encode_text, greedy_decode
 from speechssl.metrics import error_rates
-from speechssl.models.heads import CHAR_VOCAB, CtcHead
-from speechssl.models.probe import ProbeCtcHead
-from speechssl.models.wav2vec2 import Wav2Vec2Model
+from speechssl.models import build
+from speechssl.models.build import load_ctc_model  # noqa: F401  (was defined here; experiments import it)
+from speechssl.models.ctc import CtcModel
+from speechssl.models.heads import CHAR_VOCAB
 from speechssl.train.loop import StepResult, TrainSummary, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
 
@@ -92,32 +91,6 @@ def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int =
     return kept
 
 
-class CtcModel(nn.Module):
-    """Encoder + CTC head; state dict keys ``wav2vec2.*`` and ``ctc_head.*`` as in the checkpoint."""
-
-    def __init__(self, config: ModelConfig, vocab_size: int, head_dropout: float = 0.1, probe: bool = False):
-        super().__init__()
-        self.config = config
-        self.wav2vec2 = Wav2Vec2Model(config)
-        if probe:
-            self.probe = ProbeCtcHead(config.num_layers + 1, config.hidden_size, vocab_size)
-            self.wav2vec2.requires_grad_(False)
-        else:
-            self.ctc_head = CtcHead(config.hidden_size, vocab_size, head_dropout)
-
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, time_mask: torch.Tensor | None = None,
-                freeze_encoder: bool = False):
-        """(B, T, V) log-probs and (B,) frame lengths. A frozen feature encoder needs no switch
-        here: with requires_grad off its parameters, autograd records nothing for the conv stack."""
-        if hasattr(self, "probe"):
-            with torch.no_grad():  # train mode still applies the masking, as augmentation
-                out = self.wav2vec2(waves, lengths, time_mask=time_mask)
-            return self.probe(out.hidden_states, out.lengths), out.lengths
-        with torch.no_grad() if freeze_encoder else contextlib.nullcontext():
-            out = self.wav2vec2(waves, lengths, time_mask=time_mask)
-        return self.ctc_head(out.last), out.lengths
-
-
 class CtcTask:
     selection_metric = "cer"
 
@@ -125,12 +98,9 @@ class CtcTask:
         self.config = config
         self.vocab = CHAR_VOCAB
         if config.init_from:
-            ckpt = load_checkpoint(config.init_from)
             overrides = {k: v for k, v in config.model.items() if k != "preset"}
-            model_config = build_model_config({**dataclasses.asdict(ckpt.model_config), **overrides})
-            self.module = CtcModel(model_config, len(self.vocab), config.head_dropout, config.probe)
-            if not config.from_scratch:
-                load_into(self.module.wav2vec2, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
+            encoder = build.encoder(config.init_from, overrides, weights=not config.from_scratch)
+            self.module = CtcModel(encoder.config, len(self.vocab), config.head_dropout, config.probe, encoder)
         else:
             self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout, config.probe)
         if config.freeze_feature_encoder:
@@ -185,15 +155,6 @@ def score(module: CtcModel, loader: DataLoader, vocab: list[str]) -> dict[str, f
             hyps.append(greedy_decode(log_probs[row, : int(frames[row])].cpu(), vocab))
             refs.append(normalize_text(text or ""))
     return error_rates(refs, hyps)
-
-
-def load_ctc_model(path: str) -> tuple[CtcModel, list[str]]:
-    """A fine-tuned (or probe) checkpoint as the CtcModel that trained it, in eval mode, and its vocabulary."""
-    ckpt = load_checkpoint(path)
-    vocab = ckpt.metadata.get("vocab") or CHAR_VOCAB
-    module = CtcModel(ckpt.model_config, len(vocab), probe=ckpt.metadata.get("kind") == "ctc-probe")
-    load_into(module, ckpt.state_dict, path=path)
-    return module.eval(), vocab
 
 
 def run_finetune_ctc(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:

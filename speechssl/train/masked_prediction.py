@@ -18,12 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint, load_into
+from speechssl.checkpoint import Checkpoint, atomic_write
 from speechssl.data.dataset import AudioDataset, Batch, collate
 from speechssl.data.manifest import Utterance
+from speechssl.models import build
 from speechssl.models.masked_prediction import Wav2Vec2ForMaskedPrediction
 from speechssl.models.targets import FrameFeatures, KMeansLabeler, RandomProjectionLabeler, normalize_frames
-from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.train.loop import StepResult
 
 log = logging.getLogger("speechssl.pretrain")
@@ -37,9 +37,7 @@ class LayerFeatures(nn.Module):
 
     def __init__(self, path: str, layer: int):
         super().__init__()
-        ckpt = load_checkpoint(path)
-        self.encoder = Wav2Vec2Model(ckpt.model_config)
-        load_into(self.encoder, ckpt.state_dict, prefix="wav2vec2.", path=path)
+        self.encoder = build.encoder(path)
         self.encoder.eval().requires_grad_(False)
         self.layer = layer
 
@@ -65,8 +63,7 @@ class MaskedPredictionTask:
         self.labeler = self.make_labeler(Path(config.run.out_dir) / "labeler.safetensors", train_utts)
         self.module = Wav2Vec2ForMaskedPrediction(model_config, self.labeler.num_classes)
         if config.init_from:
-            ckpt = load_checkpoint(config.init_from)
-            load_into(self.module.wav2vec2, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
+            build.load_weights(self.module.wav2vec2, config.init_from, prefix="wav2vec2.")
 
     def make_labeler(self, path: Path, train_utts: list[Utterance]) -> nn.Module:
         o = self.config.objective

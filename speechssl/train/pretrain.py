@@ -15,6 +15,7 @@ from speechssl.config import ConfigError, ModelConfig, build_model_config, load_
 from speechssl.data.dataset import Batch
 from speechssl.data.augment import mixed_manifests
 from speechssl.data.manifest import read_manifest
+from speechssl.models import build
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining
 from speechssl.train.loop import StepResult, TrainSummary, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
@@ -85,10 +86,7 @@ class PretrainTask:
         self.module = Wav2Vec2ForPretraining(config.model_config())
         self.module.wav2vec2.feature_extractor.grad_scale = self.objective.feature_grad_mult
         if config.init_from:
-            from speechssl.checkpoint import load_checkpoint, load_into
-
-            ckpt = load_checkpoint(config.init_from)
-            load_into(self.module, ckpt.state_dict, path=config.init_from)
+            build.load_weights(self.module, config.init_from)
         self.warned = False
         self.diversity_weight = config.objective.diversity_weight
 

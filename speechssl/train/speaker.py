@@ -27,13 +27,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint, load_into
+from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint
 from speechssl.config import ConfigError, load_config
 from speechssl.data.augment import AugmentConfig
 from speechssl.data.dataset import Batch
 from speechssl.data.selection import per_speaker_subset, with_speakers
 from speechssl.data.manifest import Utterance, read_manifest
 from speechssl.metrics import eer, min_dcf
+from speechssl.models import build
 from speechssl.models.heads import SpeakerHeadConfig
 from speechssl.models.speaker import SpeakerModel
 from speechssl.models.wav2vec2 import Wav2Vec2Model
@@ -110,8 +111,7 @@ class SpeakerTask:
         num_layers = config.head.layers(ckpt.model_config.num_layers)
         if not 0 <= config.finetune_top_layers <= num_layers:
             raise ConfigError(f"finetune_top_layers must be between 0 and the head's {num_layers} layers")
-        encoder = Wav2Vec2Model(ckpt.model_config)
-        load_into(encoder, ckpt.state_dict, prefix="wav2vec2.", path=config.init_from)
+        encoder = build.encoder(ckpt)
         self.bank = self.load_or_build_bank(encoder, train_utts, num_layers + 1)
         self.labels, self.classes = self.bank.labels(config.augment.speed_as_new_speaker)
         log.info("speaker head on %d training items of %d classes (%.1f min of frames)", len(self.bank),
