@@ -103,7 +103,8 @@ class SpeechModel:
         """How audio of ``num_samples`` is cut for the encoder: one window when it fits in
         ``chunk_seconds``, else windows with ``chunk_context`` seconds on each side of a kept core."""
         total = int(self.encoder.frame_lengths(torch.tensor([num_samples])))
-        return windows(num_samples, total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE))
+        return windows(num_samples, total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE),
+                       self.encoder.config.frame_stride)
 
     def chunked(self, waves: list[np.ndarray], run):
         """``run`` (a list of pieces -> an output (frames, ...) per piece) over the windows of
@@ -164,7 +165,8 @@ class SpeechModel:
         """Decode one waveform's CTC log-probabilities (frames, vocab) into a Transcript."""
         vocab, blank = self.metadata["vocab"], int(self.metadata.get("blank_id", 0))
         text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
-        words = word_timestamps(emissions, text, vocab, blank) if timestamps and text else []
+        seconds = self.encoder.config.frame_seconds
+        words = word_timestamps(emissions, text, vocab, blank, frame_seconds=seconds) if timestamps and text else []
         return Transcript(text, words, round(num_samples / SAMPLE_RATE, 3))
 
     def emissions(self, waves: list[np.ndarray]) -> list[torch.Tensor]:

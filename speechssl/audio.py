@@ -17,9 +17,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechssl.config import SAMPLE_RATE
 from speechssl.errors import SpeechSSLError
 
-SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # one receptive field of the conv feature encoder (25 ms)
 # Limits on what a header may declare, checked before anything is decoded or resampled:
 # resampling from 1 Hz to 16 kHz cost 96 s of CPU and 4.8 GB for a 1.2 kB upload.

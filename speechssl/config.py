@@ -25,6 +25,8 @@ class ConfigError(SpeechSSLError, ValueError):
 
 # --------------------------------------------------------------------------- model
 
+SAMPLE_RATE = 16000  # what every model reads: audio is resampled to this on load (speechssl.audio)
+
 # The log-mel front end's fixed geometry in samples at 16 kHz: 25 ms windows every 10 ms,
 # then two convs of kernel 3 (the second strides by mel_frame_stride).
 LOG_MEL_WINDOW = 400
@@ -116,6 +118,15 @@ class ModelConfig:
         for s in self.frame_geometry[1]:
             stride *= s
         return stride
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between output frames (0.02 for every preset)."""
+        return self.frame_stride / SAMPLE_RATE
+
+    @property
+    def frames_per_second(self) -> float:
+        return SAMPLE_RATE / self.frame_stride
 
 
 def base() -> ModelConfig:

@@ -60,3 +60,13 @@ def test_model_config_round_trips_through_dict():
     cfg = build_model_config({"preset": "small", "num_layers": 4})
     assert build_model_config({"preset": "base", **dataclasses.asdict(cfg)}) == cfg
     assert isinstance(cfg, ModelConfig)
+
+
+def test_frame_spacing_follows_the_front_end():
+    from speechssl.config import SAMPLE_RATE, PRESETS, ModelConfig
+
+    for name, preset in PRESETS.items():
+        config = preset()
+        assert config.frame_stride == 320 and config.frame_seconds == 0.02 and config.frames_per_second == 50, name
+    slower = ModelConfig(front_end="log_mel", mel_frame_stride=4)
+    assert slower.frame_stride == 640 and slower.frame_seconds == 640 / SAMPLE_RATE == 0.04

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from speechssl.decode.align import word_timestamps
-from speechssl.decode.chunks import FRAME_SAMPLES, windows
+from speechssl.decode.chunks import windows
 from speechssl.decode.ctc import BeamDecoder, BeamSettings, DecodeError, encode_text, greedy_decode
 from speechssl.decode.ngram import build_arpa, write_arpa
 from speechssl.models.heads import CHAR_VOCAB as V
@@ -90,15 +90,15 @@ def test_decoder_bad_settings(tmp_path):
 
 def test_word_timestamps_monotone_inside_audio():
     e = emission(HELLO)
-    words = word_timestamps(e, "hello world", V)
+    words = word_timestamps(e, "hello world", V, frame_seconds=0.02)
     assert [w.text for w in words] == ["hello", "world"]
     duration = len(HELLO) * 0.02
     assert 0 <= words[0].start < words[0].end <= words[1].start < words[1].end <= duration
     # "h" is first emitted in frame 1, "d" last in frame 17.
     assert words[0].start == pytest.approx(0.02) and words[1].end == pytest.approx(0.36)
     with pytest.raises(ValueError, match="needs"):
-        word_timestamps(emission(["a", "b"]), "a much longer transcript", V)
-    assert word_timestamps(e, "", V) == []
+        word_timestamps(emission(["a", "b"]), "a much longer transcript", V, frame_seconds=0.02)
+    assert word_timestamps(e, "", V, frame_seconds=0.02) == []
 
 
 def test_word_probability_is_lower_where_the_emissions_are_unsure():
@@ -106,19 +106,20 @@ def test_word_probability_is_lower_where_the_emissions_are_unsure():
     unsure = sure.clone()
     unsure[12:18] = emission(HELLO[12:18], floor=-1.0)[:]  # "world": each frame's label barely ahead
     for e in (sure, unsure):
-        assert all(0 < w.probability <= 1 for w in word_timestamps(e, "hello world", V))
-    hello, world = word_timestamps(unsure, "hello world", V)
+        assert all(0 < w.probability <= 1 for w in word_timestamps(e, "hello world", V, frame_seconds=0.02))
+    hello, world = word_timestamps(unsure, "hello world", V, frame_seconds=0.02)
     assert hello.probability > 0.99 and world.probability < 0.2
-    assert hello.probability == pytest.approx(word_timestamps(sure, "hello world", V)[0].probability)
+    assert hello.probability == pytest.approx(word_timestamps(sure, "hello world", V, frame_seconds=0.02)[0].probability)
 
 
 @pytest.mark.parametrize("seconds", [0.03, 1.0, 29.99, 30.0, 30.02, 61.3, 95.0, 600.0])
 def test_chunk_windows_tile_every_frame_once(seconds):
+    FRAME_SAMPLES = 320
     n = int(seconds * 16000)
     total = (n - 400) // FRAME_SAMPLES + 1
     chunk, context = 30 * 16000, 3 * 16000
     covered = []
-    for w in windows(n, total, chunk, context):
+    for w in windows(n, total, chunk, context, FRAME_SAMPLES):
         assert 0 <= w.start < w.end <= n and w.end - w.start <= chunk
         window_frames = (w.end - w.start - 400) // FRAME_SAMPLES + 1
         assert w.keep_from + w.keep <= window_frames  # the window really produces what is kept

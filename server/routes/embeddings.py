@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from server.deps import known_fields_only, read_upload, submit
 from server.errors import ApiError
 from server.schemas import Embedding, EmbeddingList
+from speechssl.audio import SAMPLE_RATE
 
 router = APIRouter(dependencies=[Depends(known_fields_only)])
 
@@ -30,4 +31,4 @@ async def embeddings(
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
     payload = vectors[0].tolist() if pooling == "mean" else vectors.tolist()
     return EmbeddingList(data=[Embedding(embedding=payload)], model=model.name, layer=model.num_layers if layer is None else layer,
-                         pooling=pooling, frames=int(frames.shape[0]), duration=len(wave) / 16000)
+                         pooling=pooling, frames=int(frames.shape[0]), duration=len(wave) / SAMPLE_RATE)

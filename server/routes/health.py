@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 
 from server.errors import ApiError
 from server.schemas import Health, ModelCard, ModelList
+from speechssl.audio import SAMPLE_RATE
 
 router = APIRouter()
 
@@ -24,4 +25,4 @@ async def ready(request: Request) -> Health:
 async def models(request: Request) -> ModelList:
     model = request.app.state.model
     return ModelList(data=[ModelCard(id=model.name, hidden_size=model.hidden_size, num_layers=model.num_layers,
-                                     sample_rate=16000, heads=model.heads)])
+                                     sample_rate=SAMPLE_RATE, heads=model.heads)])

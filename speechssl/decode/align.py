@@ -12,12 +12,10 @@ from speechssl.decode.ctc import encode_text
 from speechssl.models.heads import WORD_BOUNDARY
 from speechssl.transcript import Word
 
-FRAME_SECONDS = 0.02  # the feature encoder's stride: 320 samples at 16 kHz
-
-
-def word_timestamps(emissions: Tensor, text: str, vocab: list[str], blank_id: int = 0,
-                    frame_seconds: float = FRAME_SECONDS) -> list[Word]:
-    """Align ``text`` (normalized, space-separated words) to (frames, vocab) log-probs.
+def word_timestamps(emissions: Tensor, text: str, vocab: list[str], blank_id: int = 0, *,
+                    frame_seconds: float) -> list[Word]:
+    """Align ``text`` (normalized, space-separated words) to (frames, vocab) log-probs;
+    ``frame_seconds`` is the encoder's frame spacing (ModelConfig.frame_seconds).
 
     The target spells the words with "|" between them, as the CTC head was trained to
     emit; a word spans from its first letter's first frame to its last letter's last frame.

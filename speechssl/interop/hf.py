@@ -25,11 +25,10 @@ from typing import Literal
 import torch
 
 from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from speechssl.config import ModelConfig
+from speechssl.config import SAMPLE_RATE, ModelConfig
 from speechssl.interop.hf_config import HfInteropError, hf_config_from_model_config, model_config_from_hf
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model
 
-SAMPLE_RATE = 16000
 Layout = Literal["auto", "model", "pretraining", "ctc"]
 
 # (speechssl, transformers): key substrings, renamed the same way in both directions.

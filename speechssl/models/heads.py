@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from speechssl.config import SAMPLE_RATE
+
 # Characters: blank (CTC), word boundary "|" (as fairseq and transformers write it),
 # apostrophe, a-z. Text is normalized to this set by speechssl.data.manifest.normalize_text.
 BLANK = "<blank>"
@@ -64,7 +66,8 @@ def _mel_filters(bins: int) -> Tensor:
     import torchaudio
 
     with torch.inference_mode(False):  # a cached inference tensor could not take part in autograd later
-        return torchaudio.functional.melscale_fbanks(201, 20.0, 7600.0, bins, 16000, norm="slaney", mel_scale="slaney")
+        return torchaudio.functional.melscale_fbanks(201, 20.0, 7600.0, bins, SAMPLE_RATE, norm="slaney",
+                                                     mel_scale="slaney")
 
 
 def log_mel_frames(waves: Tensor, frames: int, bins: int) -> Tensor:

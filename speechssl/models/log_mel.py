@@ -16,11 +16,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from speechssl.config import LOG_MEL_HOP as HOP
+from speechssl.config import SAMPLE_RATE
 from speechssl.config import LOG_MEL_KERNELS
 from speechssl.config import LOG_MEL_WINDOW as WINDOW
 from speechssl.models.feature_encoder import conv_output_lengths
 
-SAMPLE_RATE = 16_000
 FFT_SIZE = 512
 
 

@@ -32,9 +32,6 @@ from speechssl.models.wav2vec2 import Wav2Vec2Model
 if TYPE_CHECKING:
     from speechssl.train.speaker import SpeakerConfig
 
-FRAMES_PER_SECOND = 50  # the feature encoder's 320-sample stride at 16 kHz
-
-
 @dataclass
 class FeatureBank:
     """Per-layer encoder frames of every training item, concatenated: item i is
@@ -133,10 +130,10 @@ class CropStream:
     """
 
     def __init__(self, bank: FeatureBank, labels: Tensor, batch_size: int, crop_seconds: list[float], seed: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, *, frames_per_second: float):
         self.bank, self.labels, self.batch_size = bank, labels, batch_size
         self.seed, self.rank, self.world = seed, rank, world
-        self.crop_frames = [max(1, round(s * FRAMES_PER_SECOND)) for s in crop_seconds]
+        self.crop_frames = [max(1, round(s * frames_per_second)) for s in crop_seconds]
         self.epoch, self.position = 0, 0
         if len(bank) // world < batch_size:
             raise ConfigError(f"batch_size {batch_size} is more than the {len(bank) // world} training items per process")

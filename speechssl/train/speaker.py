@@ -39,7 +39,7 @@ from speechssl.models.heads import SpeakerHeadConfig
 from speechssl.models.speaker import SpeakerModel
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 from speechssl.device import resolve_device
-from speechssl.train.feature_bank import FRAMES_PER_SECOND, CropStream, FeatureBank, FeatureBatch, bank_key, build_bank
+from speechssl.train.feature_bank import CropStream, FeatureBank, FeatureBatch, bank_key, build_bank
 from speechssl.train.loop import StepResult, TrainSummary, train
 from speechssl.train.settings import DataConfig, OptimConfig, RunConfig
 from speechssl.verification import TrialError, cosine_scores, make_trials
@@ -115,7 +115,7 @@ class SpeakerTask:
         self.bank = self.load_or_build_bank(encoder, train_utts, num_layers + 1)
         self.labels, self.classes = self.bank.labels(config.augment.speed_as_new_speaker)
         log.info("speaker head on %d training items of %d classes (%.1f min of frames)", len(self.bank),
-                 len(self.classes), len(self.bank.frames) / FRAMES_PER_SECOND / 60)
+                 len(self.classes), len(self.bank.frames) / ckpt.model_config.frames_per_second / 60)
         self.module = SpeakerModel(encoder, config.head, len(self.classes), margin=config.head.margin,
                                    scale=config.head.scale)
         encoder.requires_grad_(False)
@@ -142,7 +142,8 @@ class SpeakerTask:
 
     def make_stream(self, rank: int, world: int) -> CropStream:
         c = self.config
-        return CropStream(self.bank, self.labels, c.batch_size, c.crop_seconds, c.run.seed, rank, world)
+        return CropStream(self.bank, self.labels, c.batch_size, c.crop_seconds, c.run.seed, rank, world,
+                          frames_per_second=self.module.config.frames_per_second)
 
     def before_step(self, step: int) -> None:
         c = self.config
