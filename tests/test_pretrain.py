@@ -88,11 +88,34 @@ def test_kill_and_resume_follows_the_same_trajectory(fsdd_manifest, tmp_path):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
 
 
+# Runs `speechssl pretrain` as the CLI does, then saves this rank's weights: DDP must leave both alike.
+DDP_WORKER = """
+import os, sys, torch
+from speechssl import cli
+from speechssl.train import pretrain
+modules, init = [], pretrain.PretrainTask.__init__
+def keep(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    modules.append(self.module)
+pretrain.PretrainTask.__init__ = keep
+assert cli.main(["pretrain", *sys.argv[2:]]) == 0
+torch.save(modules[0].state_dict(), os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".pt"))
+"""
+
+
 def test_two_process_gloo_ddp_takes_steps(fsdd_manifest, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           "-m", "speechssl.cli", "pretrain", empty_config(tmp_path), *overrides(fsdd_manifest, tmp_path / "run", 3)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           str(worker), str(tmp_path), empty_config(tmp_path), *overrides(fsdd_manifest, tmp_path / "run", 3)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(train_losses(tmp_path / "run")) == [1, 2, 3]
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").metadata["step"] == 3
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert saved.metadata["step"] == 3
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first.keys() == second.keys() and len(first) > 10
+    different = [name for name in first if not torch.equal(first[name], second[name])]
+    assert not different, f"the ranks' weights differ after 3 steps: {different[:5]}"
+    assert all(torch.equal(saved.state_dict[name], first[name].float()) for name in saved.state_dict)

@@ -360,7 +360,17 @@ def test_cli_vector_verify_and_evaluate(head_checkpoint, digit_manifests, capsys
     report = json.loads(capsys.readouterr().out)
     assert report["utterances"] == 16 and report["speakers"] == 4
     assert report["target_trials"] == 4 * 6 == report["nontarget_trials"] and report["trials"] == 48
-    assert 0 <= report["eer"] <= 1 and report["threshold"] == THRESHOLD
+    assert report["threshold"] == THRESHOLD
+    # The same figure from the API's vectors on the same seeded trials (evaluate only batches and counts).
+    from speechssl.data.manifest import read_manifest
+    from speechssl.data.selection import per_speaker_subset, with_speakers
+    from speechssl.verification import cosine_scores
+
+    utterances = per_speaker_subset(with_speakers(read_manifest(digit_manifests[1]), None), 4, 0)
+    trials = make_trials([u.speaker for u in utterances], 0)
+    vectors = np.stack(speechssl.load(head_checkpoint, device="cpu").speaker_vector([u.path for u in utterances]))
+    expected, at = eer(cosine_scores(vectors, trials), trials[:, 2])
+    assert report["eer"] == pytest.approx(expected, abs=1e-4) and report["eer_threshold"] == pytest.approx(at, abs=1e-4)
     assert set(report["baselines"]) == {"mean_pooled", "mean_pooled_eer_by_layer", "mfcc_mean"}
     assert report["baselines"]["mean_pooled"]["layer"] == 2
 
