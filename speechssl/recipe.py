@@ -39,15 +39,20 @@ class DataSources:
     corpus_hours: float = 10.0  # synthetic speech, all splits
     gpu_corpus_hours: float = 50.0
     corpus_seed: int = 0
-    librispeech: str = "../shared/data/librispeech-clips/train-clean-100"  # real unlabeled audio, 251 speakers
-    fsdd: str = "../shared/data/fsdd/recordings"  # real digit words, 4 speakers
-    fsdd_test_speaker: str = "yweweler"  # held out of every stage, for the digit WER on an unseen voice
+    # Where the real audio is on this machine, and which FSDD voice to hold out: the recipe's
+    # YAML says (configs/recipes/default.yaml); no default here, as no path fits every machine.
+    librispeech: str | None = None  # a folder of real unlabeled audio (e.g. LibriSpeech clips)
+    fsdd: str | None = None  # the Free Spoken Digit Dataset's recordings folder
+    fsdd_test_speaker: str | None = None  # held out of every stage, for the digit WER on an unseen voice
     # More synthetic training voices for the speaker stage only (`speechssl data voices`): new
     # pitch/rate settings of the corpus's training voice families; 0 adds none.
     voices: int = 400
     voices_per_speaker: int = 24
 
     def validate(self) -> None:
+        for name in ("librispeech", "fsdd", "fsdd_test_speaker"):
+            if not getattr(self, name):
+                raise ConfigError(f"data.{name}: not set; the recipe YAML names it (see configs/recipes/default.yaml)")
         if self.voices < 0 or self.voices_per_speaker < 1:
             raise ConfigError("data.voices must be >= 0 and data.voices_per_speaker >= 1")
 

@@ -46,18 +46,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def seconds(self) -> float:
-        """Real (unpadded) audio seconds in the batch, e.g. for throughput logs."""
-        return float(self.lengths.sum()) / SAMPLE_RATE
-
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return dataclasses.replace(self, waves=self.waves.to(device, non_blocking=non_blocking),
                                    lengths=self.lengths.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        # DataLoader(pin_memory=True) calls this on custom batch types.
-        return dataclasses.replace(self, waves=self.waves.pin_memory(), lengths=self.lengths.pin_memory())
 
 
 def collate(items: Sequence[AudioItem]) -> Batch:

@@ -56,11 +56,6 @@ def derived(owner: nn.Module, key: str, sources: tuple[Tensor, ...], build: Call
     return entry[1]
 
 
-def clear_derived(model: nn.Module) -> None:
-    for module in model.modules():
-        module.__dict__.pop(_CACHE, None)
-
-
 # --------------------------------------------------------------------------- matmuls
 
 

@@ -48,11 +48,6 @@ class PositionalConv(nn.Module):
             return self._weight()
         return derived(self, "weight", sources, self._weight)
 
-    def fold_weight_norm(self) -> None:
-        """Compute the folded weight now (it is otherwise built on the first call without gradients)."""
-        with torch.no_grad():
-            self.weight()
-
     def forward(self, x: Tensor) -> Tensor:
         sources = (self.conv.weight_v, self.conv.weight_g)
         if x.device.type == "cpu" and x.dtype == torch.float32 and not needs_grad(sources):
