@@ -22,9 +22,8 @@ from speechssl.decode.chunks import Window, windows
 from speechssl.decode.ctc import BeamDecoder, greedy_decode
 from speechssl.models import build
 from speechssl.models.heads import CtcHead, SpeakerHead
-from speechssl.transcript import Transcript
+from speechssl.transcript import Transcript, Verification
 from speechssl.models.wav2vec2 import Wav2Vec2Model
-from speechssl.verification import Verification
 
 AudioInput = Union[str, Path, bytes, np.ndarray, torch.Tensor]
 

@@ -1,4 +1,5 @@
-"""Transcripts with word timings, and their subtitle formats (SRT, WebVTT)."""
+"""What inference returns besides arrays: transcripts with word timings and their subtitle
+formats (SRT, WebVTT), and speaker-verification verdicts."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ class Transcript:
         if run:
             cues.append((run[0].start, run[-1].end, " ".join(w.text for w in run)))
         return cues
+
+
+@dataclass(frozen=True)
+class Verification:
+    score: float  # cosine of the two speaker vectors, in [-1, 1]
+    threshold: float  # same speaker when score >= threshold (the validation split's EER point)
+    same_speaker: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _clock(seconds: float, separator: str) -> str:

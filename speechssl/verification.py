@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.errors import SpeechSSLError
 from speechssl.data.manifest import Utterance
 from speechssl.metrics import eer, min_dcf
+from speechssl.transcript import Verification  # noqa: F401  (a result; it was defined here)
 
 if TYPE_CHECKING:
     from speechssl.api import SpeechModel
@@ -28,16 +28,6 @@ if TYPE_CHECKING:
 
 class TrialError(SpeechSSLError, ValueError):
     """Trials that cannot be made or read; the message says why (and where, for a file)."""
-
-
-@dataclass(frozen=True)
-class Verification:
-    score: float  # cosine of the two speaker vectors, in [-1, 1]
-    threshold: float  # same speaker when score >= threshold (the validation split's EER point)
-    same_speaker: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_trials(speakers: Sequence[str | None], seed: int = 0) -> np.ndarray:

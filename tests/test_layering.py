@@ -65,9 +65,9 @@ def test_import_speechssl_loads_no_training_code():
     assert out.stdout.strip() == "[]"
 
 
-def module_imports() -> dict[str, set[str]]:
-    """Each module's imports of project modules made when it loads (module level, not inside
-    functions, not under TYPE_CHECKING), read from its source."""
+def module_imports(lazy: bool = False) -> dict[str, set[str]]:
+    """Each module's imports of project modules made when it loads (module level, not under
+    TYPE_CHECKING), read from its source; ``lazy`` adds those inside functions."""
     names = set(all_modules())
     graph: dict[str, set[str]] = {}
     for name in names:
@@ -79,7 +79,7 @@ def module_imports() -> dict[str, set[str]]:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
             for sub in ast.walk(node):
-                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and not lazy:
                     break
                 if isinstance(sub, ast.Import):
                     found.update(alias.name for alias in sub.names)
@@ -110,3 +110,30 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# docs/architecture.md's layers, bottom first: a module may import from its own layer and below.
+LAYERS = [
+    ("speechssl.errors",),
+    ("speechssl.audio", "speechssl.config", "speechssl.config_files", "speechssl.checkpoint", "speechssl.transcript",
+     "speechssl.metrics", "speechssl.device"),
+    ("speechssl.models", "speechssl.data", "speechssl.decode"),
+    ("speechssl.api", "speechssl"),
+    ("speechssl.evaluation", "speechssl.verification", "speechssl.train", "speechssl.interop"),
+    ("speechssl.recipe",),
+    ("speechssl.cli", "speechssl.commands", "server"),
+]
+
+
+def layer_of(name: str) -> int:
+    matches = [(len(prefix), level) for level, group in enumerate(LAYERS) for prefix in group
+               if name == prefix or (name.startswith(prefix + ".") and prefix != "speechssl")]  # the package: itself
+    assert matches, f"{name} is in no layer of LAYERS (and of docs/architecture.md)"
+    return max(matches)[1]
+
+
+def test_layers_import_downwards():
+    """Lazy imports count too: a function-level import of a higher layer is still a dependency."""
+    upward = [f"{name} -> {dep}" for name, deps in module_imports(lazy=True).items() for dep in sorted(deps)
+              if layer_of(dep) > layer_of(name)]
+    assert not upward, "imports of a higher layer: " + ", ".join(sorted(upward))
