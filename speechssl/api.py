@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from speechssl.audio import SAMPLE_RATE, load_audio
-from speechssl.checkpoint import CheckpointError
+from speechssl.checkpoint import CheckpointError, CheckpointInfo
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.device import resolve_device
 from speechssl.errors import SpeechSSLError
@@ -57,6 +57,17 @@ class SpeechModel:
         self.max_batch_seconds = max_batch_seconds
         self.chunk_seconds = 30.0  # longer audio is transcribed in overlapping windows
         self.chunk_context = 3.0  # seconds on each side of a window's kept core
+
+    @property
+    def info(self) -> CheckpointInfo:
+        """The metadata fields inference reads, typed (``self.metadata`` is the whole dict)."""
+        return CheckpointInfo.parse(self.metadata, self.name)
+
+    @property
+    def vocab(self) -> list[str]:
+        """The CTC head's output tokens (the vocabulary a BeamDecoder needs)."""
+        self.require("ctc")
+        return self.info.vocab  # type: ignore[return-value]  # a CTC head is only built with one
 
     @property
     def hidden_size(self) -> int:
@@ -162,7 +173,7 @@ class SpeechModel:
     def transcript(self, emissions: torch.Tensor, num_samples: int, decoder: BeamDecoder | None = None,
                    timestamps: bool = True) -> Transcript:
         """Decode one waveform's CTC log-probabilities (frames, vocab) into a Transcript."""
-        vocab, blank = self.metadata["vocab"], int(self.metadata.get("blank_id", 0))
+        vocab, blank = self.vocab, self.info.blank_id
         text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
         seconds = self.encoder.config.frame_seconds
         words = word_timestamps(emissions, text, vocab, blank, frame_seconds=seconds) if timestamps and text else []
@@ -195,8 +206,7 @@ class SpeechModel:
     @property
     def speaker_threshold(self) -> float | None:
         """Cosine threshold for ``verify``: the validation split's EER point, stored at training."""
-        value = self.metadata.get("speaker_threshold")
-        return None if value is None else float(value)
+        return self.info.speaker_threshold
 
     def speaker_vector(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None):
         """(dim,) float32 unit-length speaker vector per input (cosine = dot product)."""

@@ -113,7 +113,7 @@ def transcribe(args: argparse.Namespace) -> None:
     from speechssl.transcript import to_srt, to_vtt
 
     model = load_model(args, "ctc")
-    decoder = make_decoder(args, model.metadata["vocab"])
+    decoder = make_decoder(args, model.vocab)
     for path in args.files:
         transcript = model.transcribe(str(path), decoder=decoder, timestamps=args.format != "text")
         if args.format == "text":
@@ -129,7 +129,7 @@ def evaluate_asr(args: argparse.Namespace) -> None:
     from speechssl.evaluation import evaluate_asr as evaluate
 
     model = load_model(args, "ctc")
-    scores = evaluate(model, read_manifest(args.manifest), make_decoder(args, model.metadata["vocab"]))
+    scores = evaluate(model, read_manifest(args.manifest), make_decoder(args, model.vocab))
     print_json({"checkpoint": model.name, "manifest": str(args.manifest),
                 "decoder": "beam" if (args.beam or args.lm) else "greedy", **scores})
 

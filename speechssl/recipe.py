@@ -201,7 +201,7 @@ class Recipe:
             arpa = self.out / f"lm-{self.config.evaluate.lm_order}gram.arpa"
             write_arpa([u.text for u in read_manifest(self.corpus / "train.jsonl") if u.text], arpa,
                        order=self.config.evaluate.lm_order)
-            decoder = BeamDecoder(model.metadata["vocab"], BeamSettings(lm=str(arpa)))
+            decoder = BeamDecoder(model.vocab, BeamSettings(lm=str(arpa)))
             results["asr_test_beam_lm"] = evaluate_asr(model, test, decoder)
         results["digits_held_out_speaker"] = evaluate_asr(model, read_manifest(self.manifest("fsdd-test")))
         speakers = per_speaker_subset(test, self.config.evaluate.speaker_per_speaker, seed=0)
