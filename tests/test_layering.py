@@ -137,3 +137,17 @@ def test_layers_import_downwards():
     upward = [f"{name} -> {dep}" for name, deps in module_imports(lazy=True).items() for dep in sorted(deps)
               if layer_of(dep) > layer_of(name)]
     assert not upward, "imports of a higher layer: " + ", ".join(sorted(upward))
+
+
+def test_every_command_has_a_handler():
+    import argparse
+
+    from speechssl.cli import COMMANDS, build_parser
+
+    def paths(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [prefix.strip()]
+        return [p for name, sub in subs[0].choices.items() for p in paths(sub, f"{prefix} {name}")]
+
+    assert sorted(paths(build_parser())) == sorted(COMMANDS)
