@@ -80,7 +80,7 @@ def test_scores(checkpoint: Path, tests: dict[str, str], limit: int | None) -> d
 
     from speechssl.data.manifest import read_manifest
     from speechssl.train.ctc import load_ctc_model, score
-    from speechssl.train.loop import valid_loader
+    from speechssl.train.batches import valid_loader
     from speechssl.train.settings import DataConfig
 
     torch.set_num_threads(1)

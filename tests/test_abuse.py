@@ -387,7 +387,8 @@ def test_pickled_resume_file_empty_manifest_and_stale_temps(tmp_path):
 
     from speechssl.checkpoint import CheckpointError, remove_stale_temps
     from speechssl.data.manifest import ManifestError
-    from speechssl.train.loop import BatchStream, load_resume
+    from speechssl.train.batches import BatchStream
+    from speechssl.train.loop import load_resume
     from speechssl.train.settings import DataConfig
 
     resume = tmp_path / "resume.pt"
