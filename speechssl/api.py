@@ -173,8 +173,9 @@ class SpeechModel:
     def transcript(self, emissions: torch.Tensor, num_samples: int, decoder: BeamDecoder | None = None,
                    timestamps: bool = True) -> Transcript:
         """Decode one waveform's CTC log-probabilities (frames, vocab) into a Transcript."""
-        vocab, blank = self.vocab, self.info.blank_id
-        text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank)
+        info = self.info
+        vocab, blank = self.vocab, info.blank_id
+        text = decoder(emissions) if decoder is not None else greedy_decode(emissions, vocab, blank, info.silent_ids())
         seconds = self.encoder.config.frame_seconds
         words = word_timestamps(emissions, text, vocab, blank, frame_seconds=seconds) if timestamps and text else []
         return Transcript(text, words, round(num_samples / SAMPLE_RATE, 3))

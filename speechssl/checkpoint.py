@@ -47,6 +47,17 @@ class CheckpointInfo:
     blank_id: int = 0
     speaker_head: dict[str, Any] | None = None  # SpeakerHead(**speaker_head) rebuilds the head
     speaker_threshold: float | None = None  # cosine threshold for verify: the validation EER point
+    # Tokens never emitted as text besides the blank (an imported tokenizer's <s>, </s>, <unk>);
+    # None (checkpoints from before it was written): every "<...>" token of the vocabulary.
+    special_tokens: list[str] | None = None
+
+    def silent_ids(self) -> set[int]:
+        """Ids greedy decoding drops after merging repeats: the blank and the special tokens."""
+        vocab = self.vocab or []
+        special = self.special_tokens
+        if special is None:
+            special = [t for t in vocab if len(t) > 2 and t.startswith("<") and t.endswith(">")]
+        return {self.blank_id} | {i for i, t in enumerate(vocab) if t in set(special)}
 
     @classmethod
     def parse(cls, metadata: dict[str, Any], where: str | Path) -> CheckpointInfo:
@@ -62,10 +73,13 @@ class CheckpointInfo:
             blank_id = int(metadata.get("blank_id", 0))
         except (TypeError, ValueError):
             raise CheckpointError(f"{where}: blank_id must be a whole number, got {metadata['blank_id']!r}") from None
+        special = metadata.get("special_tokens")
+        if special is not None and not (isinstance(special, list) and all(isinstance(t, str) for t in special)):
+            raise CheckpointError(f"{where}: special_tokens must be a list of strings")
         kind, head = metadata.get("kind"), metadata.get("speaker_head")
         return cls(kind=kind if isinstance(kind, str) else None, vocab=vocab, blank_id=blank_id,
                    speaker_head=head if isinstance(head, dict) else None,
-                   speaker_threshold=None if threshold is None else float(threshold))
+                   speaker_threshold=None if threshold is None else float(threshold), special_tokens=special)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ import transformers
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from tests.conftest import FIXTURES
 from speechssl.checkpoint import Checkpoint, load_checkpoint, load_into, save_checkpoint
 from speechssl.config import ModelConfig, base, large, tiny
 from speechssl.interop.hf import (
@@ -382,3 +384,69 @@ def test_pretraining_loss_terms_match_transformers(name, lengths, mode):
     assert out.contrastive.item() * m == pytest.approx(ref.contrastive_loss.item(), rel=1e-4)
     assert out.diversity.item() * m == pytest.approx(ref.diversity_loss.item(), rel=1e-4)
     assert out.loss.item() * m == pytest.approx(ref.loss.item(), rel=1e-4)
+
+
+# --------------------------------------------------------------------------- text parity
+
+SPEECHSSL_STYLE = ["<blank>", "|", "'", "e", "t", "a", "o", "n"]
+
+
+def transformers_text(tokenizer, logits: torch.Tensor) -> str:
+    """transformers' greedy CTC text, special tokens skipped, in the project's lower case.
+
+    The ASR pipeline decodes CTC with ``skip_special_tokens=False`` (with True, transformers
+    drops the blanks before merging repeats); the special tokens it then leaves in the text
+    are taken out here, as words of the text never hold them."""
+    text = tokenizer.decode(logits.argmax(-1).tolist())
+    for token in tokenizer.all_special_tokens:
+        if token != tokenizer.pad_token:
+            text = text.replace(token, "")
+    return " ".join(text.lower().split())
+
+
+@pytest.mark.parametrize("vocab, pad", [(VOCAB, "<pad>"), (SPEECHSSL_STYLE, "<blank>")])
+def test_imported_ctc_transcribes_what_transformers_decodes(tmp_path, vocab, pad):
+    import speechssl
+
+    cfg = configs()["tiny"]
+    hf = hf_random(transformers.Wav2Vec2ForCTC, cfg, seed=11, vocab_size=len(vocab), pad_token_id=vocab.index(pad))
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(20)  # random weights: make each frame's choice decisive and varied
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token=pad,
+                                                  unk_token="<unk>" if "<unk>" in vocab else pad)
+    tokenizer.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "ours.safetensors")
+    model = speechssl.load(tmp_path / "ours.safetensors", device="cpu")
+
+    waves, lengths = batch([48000, 40000, 32000, 24000], seed=3)
+    emitted = set()
+    for i, n in enumerate(lengths.tolist()):
+        values, _ = hf_inputs(waves[i : i + 1], lengths[i : i + 1], cfg)
+        with torch.no_grad():
+            logits = hf(values).logits[0]
+        emitted |= {vocab[j] for j in logits.argmax(-1).tolist()}
+        transcript = model.transcribe(waves[i, :n].numpy(), sample_rate=16000, timestamps=True)
+        assert transcript.text == transformers_text(tokenizer, logits)
+        assert [w.text for w in transcript.words] == transcript.text.split()
+    assert len(emitted) >= len(vocab) - 1, f"the random head emitted only {sorted(emitted)}"
+
+
+def test_exported_ctc_decodes_the_same_in_the_asr_pipeline(tmp_path):
+    """The shipped model through export-hf: transformers' ASR pipeline gives speechssl's text."""
+    import soundfile as sf
+
+    import speechssl
+
+    path = Path(speechssl.__file__).parent / "assets" / "default.safetensors"
+    export_hf(path, tmp_path / "hf", layout="ctc")
+    processor = transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "hf")
+    assert processor.tokenizer.pad_token == "<blank>" and processor.tokenizer.word_delimiter_token == "|"
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(tmp_path / "hf"), device="cpu")
+    model = speechssl.load(path, device="cpu")
+    wave, rate = sf.read(FIXTURES / "speech.wav", dtype="float32")
+    assert rate == 16000
+    for clip in (wave, wave[: len(wave) // 2], wave[len(wave) // 3:]):
+        ours = model.transcribe(clip, sample_rate=16000, timestamps=False).text
+        assert ours and asr({"raw": clip, "sampling_rate": 16000})["text"] == ours

@@ -24,26 +24,38 @@ class DecodeError(SpeechSSLError, ValueError):
 
 
 def encode_text(text: str, vocab: list[str]) -> list[int]:
-    """Normalized text -> label ids; spaces become the word boundary. Unknown characters raise."""
+    """Normalized text -> label ids; spaces become the word boundary. A letter missing from the
+    vocabulary is looked up in upper case (transformers' English vocabularies). Unknown characters raise."""
     index = {token: i for i, token in enumerate(vocab)}
-    try:
-        return [index[WORD_BOUNDARY if c == " " else c] for c in text]
-    except KeyError as exc:
-        raise DecodeError(f"character {exc.args[0]!r} is not in the vocabulary") from None
+    ids = []
+    for c in text:
+        token = WORD_BOUNDARY if c == " " else c if c in index else c.upper()
+        if token not in index:
+            raise DecodeError(f"character {c!r} is not in the vocabulary")
+        ids.append(index[token])
+    return ids
 
 
-def labels_to_text(labels: list[int], vocab: list[str], blank_id: int) -> str:
-    """Collapse a frame-level label path: merge repeats, drop blanks, "|" -> space."""
+def labels_to_text(labels: list[int], vocab: list[str], blank_id: int, silent: set[int] | None = None,
+                   lower: bool = True) -> str:
+    """Collapse a frame-level label path: merge repeats, then drop the blank and the ``silent`` ids
+    (special tokens), "|" -> space; lower case (the project's convention) unless ``lower=False``.
+
+    Repeats merge before anything is dropped, as in CTC and in transformers' ``decode`` without
+    ``skip_special_tokens`` (with it, transformers drops the blanks first and so merges the two
+    letters of "ll" across the blank between them)."""
+    silent = {blank_id} | (silent or set())
     chars, previous = [], None
     for label in labels:
-        if label != previous and label != blank_id:
+        if label != previous and label not in silent:
             chars.append(vocab[label])
         previous = label
-    return " ".join("".join(chars).replace(WORD_BOUNDARY, " ").split())
+    text = " ".join("".join(chars).replace(WORD_BOUNDARY, " ").split())
+    return text.lower() if lower else text
 
 
-def greedy_decode(emissions: Tensor, vocab: list[str], blank_id: int = 0) -> str:
-    return labels_to_text(emissions.argmax(-1).tolist(), vocab, blank_id)
+def greedy_decode(emissions: Tensor, vocab: list[str], blank_id: int = 0, silent: set[int] | None = None) -> str:
+    return labels_to_text(emissions.argmax(-1).tolist(), vocab, blank_id, silent)
 
 
 @dataclass

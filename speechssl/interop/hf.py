@@ -27,6 +27,7 @@ import torch
 from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speechssl.config import SAMPLE_RATE, ModelConfig
 from speechssl.interop.hf_config import HfInteropError, hf_config_from_model_config, model_config_from_hf
+from speechssl.interop.hf_tokenizer import read_vocabulary, write_vocabulary
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model
 
 Layout = Literal["auto", "model", "pretraining", "ctc"]
@@ -71,25 +72,6 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             return {k: v for shard in shards for k, v in read(hf_dir / shard).items()}
     raise HfInteropError(f"{hf_dir}: no model.safetensors or pytorch_model.bin (or their .index.json)")
-
-
-def _read_vocab(hf_dir: Path, size: int) -> list[str] | None:
-    """vocab.json (+ added_tokens.json) -> tokens ordered by id; None without a vocab.json."""
-    path = hf_dir / "vocab.json"
-    if not path.is_file():
-        return None
-    token_ids = json.loads(path.read_text())
-    if token_ids and all(isinstance(v, dict) for v in token_ids.values()):
-        raise HfInteropError(f"{path}: a multi-language vocabulary (one per adapter) is not supported")
-    added = hf_dir / "added_tokens.json"
-    if added.is_file():
-        token_ids.update(json.loads(added.read_text()))
-    tokens = [f"<unused{i}>" for i in range(size)]  # ids the files leave out (never trained)
-    for token, i in token_ids.items():
-        if not 0 <= int(i) < size:
-            raise HfInteropError(f"{path}: token {token!r} has id {i}, but lm_head has {size} outputs")
-        tokens[int(i)] = token
-    return tokens
 
 
 def _expected_shapes(cfg: ModelConfig, pretraining: bool) -> dict[str, torch.Size]:
@@ -152,10 +134,11 @@ def import_hf(hf_dir: str | Path, out_path: str | Path) -> Checkpoint:
     metadata: dict = {"source": {"format": "transformers", "path": str(hf_dir),
                                  "architectures": list(hf_cfg.architectures or [])}}
     if "ctc_head.proj.weight" in state:
-        vocab = _read_vocab(hf_dir, state["ctc_head.proj.weight"].shape[0])
+        vocab = read_vocabulary(hf_dir, state["ctc_head.proj.weight"].shape[0], hf_cfg.pad_token_id)
         if vocab is not None:
-            metadata["vocab"] = vocab
-        metadata["blank_id"] = int(hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0)
+            metadata.update(vocab=vocab.tokens, blank_id=vocab.blank_id, special_tokens=vocab.special_tokens)
+        else:
+            metadata["blank_id"] = int(hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0)
     checkpoint = Checkpoint(state, cfg, metadata)
     save_checkpoint(out_path, checkpoint)
     return checkpoint
@@ -201,7 +184,7 @@ def _blank_id(metadata: dict, vocab: list[str] | None) -> int:
 
 def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto") -> Path:
     """Write ``out_dir`` with config.json, model.safetensors, preprocessor_config.json
-    (and vocab.json for CTC) that transformers' ``from_pretrained`` loads.
+    (and, for CTC, vocab.json and the tokenizer files) that transformers' ``from_pretrained`` loads.
 
     layout: ``model`` (Wav2Vec2Model), ``pretraining`` (Wav2Vec2ForPreTraining),
     ``ctc`` (Wav2Vec2ForCTC), or ``auto``: CTC if the checkpoint has a CTC head,
@@ -243,6 +226,5 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto
         return_attention_mask=cfg.conv_norm == "layer",
     ).save_pretrained(str(out_dir))
     if layout == "ctc" and vocab is not None:
-        token_ids = {token: i for i, token in enumerate(vocab)}
-        (out_dir / "vocab.json").write_text(json.dumps(token_ids, ensure_ascii=False, indent=1))
+        write_vocabulary(out_dir, vocab, _blank_id(metadata, vocab))
     return out_dir
