@@ -57,6 +57,9 @@ class Job:
     served_at: float = 0.0  # when its last batch ended: the round-robin key
     todo: list[int] = field(default_factory=list)  # pieces not yet batched
     outputs: dict[int, Any] = field(default_factory=dict)
+    # Called in the event loop as the done prefix of pieces grows: (first piece, their outputs).
+    on_progress: Callable[[int, list[Any]], None] | None = None
+    reported: int = 0  # pieces handed to on_progress
 
     def __post_init__(self):
         self.served_at = self.queued_at
@@ -118,14 +121,15 @@ class Batcher:
     def start(self) -> None:
         self.task = asyncio.create_task(self.worker())
 
-    def submit(self, op: Hashable, pieces: list[np.ndarray], finish: Callable[[list[Any]], Any]) -> Job:
+    def submit(self, op: Hashable, pieces: list[np.ndarray], finish: Callable[[list[Any]], Any],
+               on_progress: Callable[[int, list[Any]], None] | None = None) -> Job:
         """Admit a job (its ``future`` holds the result) or raise QueueFull / ShuttingDown."""
         if self.closing:
             raise ShuttingDown
         if len(self.jobs) >= self.max_queue:
             raise QueueFull
         loop = asyncio.get_running_loop()
-        job = Job(op, pieces, finish, loop.create_future(), time.monotonic() + self.deadline_s)
+        job = Job(op, pieces, finish, loop.create_future(), time.monotonic() + self.deadline_s, on_progress=on_progress)
         self.jobs.append(job)
         self.arrived.set()
         return job
@@ -192,12 +196,26 @@ class Batcher:
             job.outputs[k] = out
             job.served_at = ended
         for job in dict.fromkeys(job for job, _ in items):
+            if job.on_progress is not None:
+                self.progress(job)
             if job in self.jobs and any(isinstance(o, BaseException) for o in job.outputs.values()):
                 self.jobs.remove(job)
                 self.fail(job, next(o for o in job.outputs.values() if isinstance(o, BaseException)))
             elif job in self.jobs and not job.todo:
                 self.jobs.remove(job)
                 await self.finish(job)
+
+    @staticmethod
+    def progress(job: Job) -> None:
+        done = job.reported
+        while done in job.outputs and not isinstance(job.outputs[done], BaseException):
+            done += 1
+        if done > job.reported and not job.future.done():
+            first, job.reported = job.reported, done
+            try:
+                job.on_progress(first, [job.outputs[k] for k in range(first, done)])
+            except Exception:  # a listener's bug must not stop the batcher
+                log.exception("progress callback failed")
 
     async def run_alone(self, job: Job, k: int) -> Any:
         loop = asyncio.get_running_loop()

@@ -37,17 +37,29 @@ async def submit(request: Request, op: Hashable, wave: np.ndarray) -> Any:
 async def submit_all(request: Request, work_items: list[tuple[Hashable, np.ndarray]]) -> list[Any]:
     """Queue every (op, wave) and wait for all of them. A client that disconnects has its
     jobs cancelled (the batcher drops them before their next piece); past the deadline, 504."""
+    return await wait(request, admit(request, work_items))
+
+
+def admit(request: Request, work_items: list[tuple[Hashable, np.ndarray]], on_progress=None) -> list:
+    """The batcher's jobs for every (op, wave), or a 503 (queue full, shutting down) admitting none.
+    ``on_progress(first piece, outputs)`` hears of each job's pieces as they are done."""
     batcher, model = request.app.state.batcher, request.app.state.model
     jobs = []
     try:
         for op, wave in work_items:
-            jobs.append(batcher.submit(op, *work.plan(model, op, wave)))
+            jobs.append(batcher.submit(op, *work.plan(model, op, wave), on_progress=on_progress))
     except QueueFull:
         cancel(jobs)
         raise ApiError(503, "the server is busy; retry shortly", "server_error", "queue_full", {"Retry-After": "1"}) from None
     except ShuttingDown:
         cancel(jobs)
         raise shutting_down() from None
+    return jobs
+
+
+async def wait(request: Request, jobs: list) -> list[Any]:
+    """The admitted jobs' results; cancelled when the client leaves, 504 past the deadline."""
+    batcher = request.app.state.batcher
     futures = [job.future for job in jobs]
     deadline = max(job.deadline for job in jobs) + 1.0  # the batcher's own deadline check comes first
     try:

@@ -72,6 +72,9 @@ def post(url: str, route: str, audio: bytes, timeout: float = 60, **data) -> htt
 
 # --- 1 and 8: cost bounded by the decoded audio; inputs that gave a 500 or a wrong 200 ------------
 
+SLOW_S = 1.0  # seconds: what 'answered at once' may take on a busy 2-core machine
+
+
 def test_1hz_upload_is_refused_fast_and_200_of_them_leave_memory_and_health_alone(server):
     bomb = raw_wav(1, samples=600)  # 1,244 bytes declaring 600 s at 1 Hz
     assert len(bomb) < 1300
@@ -82,7 +85,9 @@ def test_1hz_upload_is_refused_fast_and_200_of_them_leave_memory_and_health_alon
             reply = client.post(EMBED, files={"file": ("a.wav", bomb)})
             times.append(time.monotonic() - started)
             assert reply.status_code == 400 and "sample rate 1 Hz" in reply.json()["error"]["message"]
-    assert sorted(times)[2] < 0.1, times
+    # Bounds far above the quiet figures (a few ms) so a loaded machine passes, far below the
+    # failure they guard against (96 s of CPU per upload, a server that stopped answering).
+    assert sorted(times)[2] < SLOW_S, times
     before = rss_mb()
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda _: post(server.url, EMBED, bomb).status_code, range(200)))
@@ -91,7 +96,7 @@ def test_1hz_upload_is_refused_fast_and_200_of_them_leave_memory_and_health_alon
     assert server.app.state.batcher.depth == 0
     started = time.monotonic()
     assert httpx.get(server.url + "/health").status_code == 200
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < SLOW_S
 
 
 @pytest.mark.parametrize("audio, message", [
@@ -258,7 +263,7 @@ def test_idle_and_half_sent_connections_are_closed(server):
             sock.close()
     started = time.monotonic()
     assert httpx.get(server.url + "/health").status_code == 200
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < SLOW_S
 
 
 def test_connections_past_the_cap_are_closed_on_arrival(small_server):

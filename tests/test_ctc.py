@@ -101,6 +101,24 @@ def test_word_timestamps_monotone_inside_audio():
     assert word_timestamps(e, "", V, frame_seconds=0.02) == []
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_streamed_greedy_text_joins_into_the_whole_decode(seed):
+    from speechssl.decode.ctc import GreedyTextStream
+
+    gen = torch.Generator().manual_seed(seed)
+    # Long runs of one label, so that seams fall inside repeats and inside words.
+    labels = torch.randint(0, len(V), (60,), generator=gen)
+    labels[torch.rand(60, generator=gen) < 0.25] = SEP  # words of about four letters
+    labels = labels.repeat_interleave(torch.randint(1, 6, (60,), generator=gen))
+    e = torch.full((len(labels), len(V)), -10.0)
+    e[range(len(labels)), labels] = 0.0
+    cuts = [len(labels) * k // 5 + int(torch.randint(0, 5, (), generator=gen)) for k in range(1, 5)]
+    stream = GreedyTextStream(V)
+    deltas = [stream.feed(e[a:b]) for a, b in zip([0, *cuts], [*cuts, len(labels)])] + [stream.finish()]
+    assert "".join(deltas) == greedy_decode(e, V)
+    assert sum(bool(d) for d in deltas) >= 2
+
+
 def test_word_probability_is_lower_where_the_emissions_are_unsure():
     sure = emission(HELLO)
     unsure = sure.clone()

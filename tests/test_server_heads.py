@@ -248,7 +248,7 @@ def test_bad_transcription_parameters(server, speech, data, status, message):
     assert message in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"stream": "true", "chunking_strategy": "auto"}),
+@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"chunking_strategy": "auto", "include[]": "logprobs"}),
                                            ("/v1/embeddings", {"model": "x"}),
                                            pytest.param(SPEAKER_EMBED, {"pooling": "mean"}, marks=needs_speaker_head)])
 def test_fields_a_route_does_not_take_are_named_in_a_400(server, speech, route, extra):
@@ -257,6 +257,23 @@ def test_fields_a_route_does_not_take_are_named_in_a_400(server, speech, route, 
     error = response.json()["error"]
     assert error["code"] == "unsupported_field" and all(repr(k) in error["message"] for k in extra)
     assert post_audio(server, route, speech).status_code == 200  # the same request without them
+
+
+def test_streamed_deltas_join_into_the_offline_text(client, server):
+    clip, _ = sf.read(FIXTURES / "speech.wav", dtype="float32")
+    long = wav_bytes(np.resize(clip, 16000 * 18), 16000)
+    model = server.app.state.model
+    saved, model.chunk_seconds = model.chunk_seconds, 12.0  # 6 s cores: three windows, as 60 s would give
+    try:
+        offline = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", long))
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=("a.wav", long), stream=True))
+    finally:
+        model.chunk_seconds = saved
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert [e.type for e in events][-1] == "transcript.text.done" and events[-1].text == offline.text
+    assert len(deltas) >= 2 and "".join(deltas) == offline.text
+    refused = post_audio(server, TRANSCRIBE, long, data={"stream": "true", "response_format": "srt"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_stream_format"
 
 
 def test_translations_say_the_model_is_english_only(client):

@@ -2,8 +2,9 @@
 
 The official ``openai`` client works against it unchanged (``base_url=.../v1``). The
 ``model`` field is accepted and ignored (one model is served), as are ``prompt`` and
-``temperature``; the CTC head decodes greedily. Fields this route does not declare
-(OpenAI's ``stream``, ``chunking_strategy``, ``include[]`` ...) get a 400 naming them.
+``temperature``; the CTC head decodes greedily. ``stream=true`` answers server-sent
+events (server/streaming.py). Fields this route does not declare (OpenAI's
+``chunking_strategy``, ``include[]`` ...) get a 400 naming them.
 ``/v1/audio/translations`` answers a 400: the model is English-only.
 """
 
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from server.deps import known_fields_only, read_upload, require_head, submit
 from server.errors import ApiError
 from server.schemas import Transcription, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
+from server.streaming import stream_transcription
 from speechssl.transcript import Transcript, to_srt, to_vtt
 
 router = APIRouter(dependencies=[Depends(known_fields_only)])
@@ -41,6 +43,8 @@ async def transcriptions(
     response_format: ResponseFormat = Form("json"),
     timestamp_granularities: list[Literal["word", "segment"]] = Form(
         [], alias="timestamp_granularities[]", description="with verbose_json: word and/or segment (default segment)"),
+    stream: bool = Form(False, description="server-sent events: transcript.text.delta per decoded window, "
+                                           "then transcript.text.done (response_format json or text)"),
 ):
     require_head(request, "ctc")
     if language is not None and language.lower() not in ENGLISH:
@@ -49,7 +53,12 @@ async def transcriptions(
     if timestamp_granularities and response_format != "verbose_json":
         raise ApiError(400, "timestamp_granularities[] needs response_format=verbose_json",
                        code="invalid_timestamp_granularities")
+    if stream and response_format not in ("json", "text"):
+        raise ApiError(400, f"stream=true gives text deltas; response_format {response_format!r} cannot stream "
+                       "(use json or text)", code="invalid_stream_format")
     wave = await read_upload(request, file)
+    if stream:
+        return stream_transcription(request, wave)
     transcript: Transcript = await submit(request, ("transcribe",), wave)
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")

@@ -44,18 +44,58 @@ def labels_to_text(labels: list[int], vocab: list[str], blank_id: int, silent: s
     Repeats merge before anything is dropped, as in CTC and in transformers' ``decode`` without
     ``skip_special_tokens`` (with it, transformers drops the blanks first and so merges the two
     letters of "ll" across the blank between them)."""
+    text = " ".join(collapse(labels, vocab, blank_id, silent).replace(WORD_BOUNDARY, " ").split())
+    return text.lower() if lower else text
+
+
+def collapse(labels: list[int], vocab: list[str], blank_id: int, silent: set[int] | None = None,
+             previous: int | None = None) -> str:
+    """The tokens of a label path with repeats merged and the blank and ``silent`` ids dropped,
+    word boundaries kept as "|"; ``previous`` is the label before the path (a stream's last one)."""
     silent = {blank_id} | (silent or set())
-    chars, previous = [], None
+    chars = []
     for label in labels:
         if label != previous and label not in silent:
             chars.append(vocab[label])
         previous = label
-    text = " ".join("".join(chars).replace(WORD_BOUNDARY, " ").split())
-    return text.lower() if lower else text
+    return "".join(chars)
 
 
 def greedy_decode(emissions: Tensor, vocab: list[str], blank_id: int = 0, silent: set[int] | None = None) -> str:
     return labels_to_text(emissions.argmax(-1).tolist(), vocab, blank_id, silent)
+
+
+class GreedyTextStream:
+    """Greedy decoding of emissions that arrive in order (a long file's windows), as text deltas.
+
+    A word is sent once a word boundary follows it, since later frames can only extend the last
+    word; ``finish`` sends the rest. The deltas joined are exactly ``greedy_decode`` of all the
+    emissions at once.
+    """
+
+    def __init__(self, vocab: list[str], blank_id: int = 0, silent: set[int] | None = None):
+        self.vocab, self.blank_id, self.silent = vocab, blank_id, silent
+        self.tokens = ""  # collapsed so far, "|" between words
+        self.last: int | None = None  # the final label so far: a repeat across the seam merges
+        self.sent = 0  # words sent
+
+    def feed(self, emissions: Tensor) -> str:
+        labels = emissions.argmax(-1).tolist()
+        self.tokens += collapse(labels, self.vocab, self.blank_id, self.silent, self.last)
+        self.last = labels[-1] if labels else self.last
+        boundary = self.tokens.rfind(WORD_BOUNDARY)
+        return self._send(self.tokens[:boundary] if boundary >= 0 else "")
+
+    def finish(self) -> str:
+        return self._send(self.tokens)
+
+    def _send(self, finished: str) -> str:
+        words = finished.replace(WORD_BOUNDARY, " ").lower().split()[self.sent:]
+        if not words:
+            return ""
+        delta = (" " if self.sent else "") + " ".join(words)
+        self.sent += len(words)
+        return delta
 
 
 @dataclass
