@@ -195,6 +195,7 @@ def write_results(rows: list[dict], best: dict, results: Path, args: argparse.Na
             ax.plot([10], [probe[0]["test"][test]["cer"]], marker="^", linestyle="", label="frozen probe")
         ax.set_xscale("log")
         ax.set_xticks([10, 60], ["10 min", "1 h"])
+        ax.minorticks_off()  # the log axis would label 20, 30, 40 min as 2x10^1 ...
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("labeled audio")
         ax.set_ylabel("test CER (greedy)")
