@@ -203,10 +203,11 @@ def test_concurrent_threads_get_their_own_buffers():
         t.start()
     for t in threads:
         t.join()
-    # Not bitwise: under contention the BLAS splits work differently and the last bits move.
+    # Not bitwise: under contention the BLAS splits work differently and the last bits move
+    # (1e-5 seen with 2 threads).
     # A shared buffer would hand one thread another input's frames, far outside this tolerance.
     for i, ref in enumerate(expected):
-        torch.testing.assert_close(results[i], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(results[i], ref, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- int8
