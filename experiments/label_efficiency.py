@@ -79,7 +79,8 @@ def test_scores(checkpoint: Path, tests: dict[str, str], limit: int | None) -> d
     import torch
 
     from speechssl.data.manifest import read_manifest
-    from speechssl.train.ctc import load_ctc_model, score
+    from speechssl.models.build import load_ctc_model
+    from speechssl.train.ctc import score
     from speechssl.train.batches import valid_loader
     from speechssl.train.settings import DataConfig
 

@@ -54,10 +54,11 @@ class CheckpointInfo:
     def silent_ids(self) -> set[int]:
         """Ids greedy decoding drops after merging repeats: the blank and the special tokens."""
         vocab = self.vocab or []
-        special = self.special_tokens
-        if special is None:
-            special = [t for t in vocab if len(t) > 2 and t.startswith("<") and t.endswith(">")]
-        return {self.blank_id} | {i for i, t in enumerate(vocab) if t in set(special)}
+        if self.special_tokens is None:
+            special = {t for t in vocab if len(t) > 2 and t.startswith("<") and t.endswith(">")}
+        else:
+            special = set(self.special_tokens)
+        return {self.blank_id} | {i for i, t in enumerate(vocab) if t in special}
 
     @classmethod
     def parse(cls, metadata: dict[str, Any], where: str | Path) -> CheckpointInfo:

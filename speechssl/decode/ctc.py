@@ -44,8 +44,13 @@ def labels_to_text(labels: list[int], vocab: list[str], blank_id: int, silent: s
     Repeats merge before anything is dropped, as in CTC and in transformers' ``decode`` without
     ``skip_special_tokens`` (with it, transformers drops the blanks first and so merges the two
     letters of "ll" across the blank between them)."""
-    text = " ".join(collapse(labels, vocab, blank_id, silent).replace(WORD_BOUNDARY, " ").split())
+    text = " ".join(split_words(collapse(labels, vocab, blank_id, silent)))
     return text.lower() if lower else text
+
+
+def split_words(tokens: str) -> list[str]:
+    """The words of a collapsed token string ("|" between words, any number of them)."""
+    return tokens.replace(WORD_BOUNDARY, " ").split()
 
 
 def collapse(labels: list[int], vocab: list[str], blank_id: int, silent: set[int] | None = None,
@@ -90,11 +95,11 @@ class GreedyTextStream:
         return self._send(self.tokens)
 
     def _send(self, finished: str) -> str:
-        words = finished.replace(WORD_BOUNDARY, " ").lower().split()[self.sent:]
-        if not words:
+        new = split_words(finished.lower())[self.sent:]
+        if not new:
             return ""
-        delta = (" " if self.sent else "") + " ".join(words)
-        self.sent += len(words)
+        delta = (" " if self.sent else "") + " ".join(new)
+        self.sent += len(new)
         return delta
 
 

@@ -25,7 +25,6 @@ from speechssl.data.manifest import Utterance, normalize_text, read_manifest
 from speechssl.decode.ctc import encode_text, greedy_decode
 from speechssl.metrics import error_rates
 from speechssl.models import build
-from speechssl.models.build import load_ctc_model  # noqa: F401  (was defined here; experiments import it)
 from speechssl.models.ctc import CtcModel
 from speechssl.models.heads import CHAR_VOCAB
 from speechssl.train.loop import StepResult, TrainSummary, train
