@@ -10,11 +10,14 @@ Conditions (``--conditions``):
   (runs/real, made by experiments/real_splits.py), scored on 13 held-out AN4 speakers and
   60 held-out LJ sentences, neither seen in pretraining, fine-tuning or validation.
 
-For each init, the 10-minute runs of ``--sweep-conditions`` sweep ``--lrs``; validation CER
-picks the best, and every other run of that init uses it. The same update budget
+For each init, the 10-minute runs of ``--sweep-conditions`` sweep ``--lrs`` (and, for the
+pretrained init, ``--pretrained-variants``: e.g. how many bottom layers stay frozen);
+validation CER picks the best, and every other run of that init uses it. The same update budget
 (``--steps``) everywhere. A frozen-encoder probe (``probe=true``: weighted layer sum + BiLSTM
 CTC head) on 10 minutes for each condition. Every run is ``speechssl finetune-ctc ...
---resume``, so a re-started script picks up where it stopped. Writes
+--resume``, so a re-started script picks up where it stopped. ``--reuse-scratch FILE`` takes
+the scratch rows from an earlier run's label-efficiency.json instead of training them again:
+they do not depend on the pretrained encoder, and the settings they ran with must match. Writes
 label-efficiency.{md,png,json} to --results.
 """
 from __future__ import annotations
@@ -40,8 +43,15 @@ CONDITIONS = {
 }
 
 
-def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init: str, lr: float) -> dict:
+# The settings a reused scratch row must share with this run.
+SCRATCH_SETTINGS = ("config", "steps", "overrides", "test_limit")
+
+
+def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init: str, lr: float,
+             variant: str = "") -> dict:
     """Train (or resume) one run; returns its record with validation and test figures."""
+    if init == "scratch" and name in args.reused:
+        return args.reused[name]
     out_dir = Path(args.out_dir) / name
     c = CONDITIONS[cond]
     overrides = [f"init_from={args.pretrained}", f"labeled_hours={minutes / 60}", f"data.train=[{','.join(c['train'])}]",
@@ -50,7 +60,7 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
                  f"data.max_batch_seconds={args.batch_seconds[minutes]}", f"run.out_dir={out_dir}",
                  "run.progress=false", f"run.threads={args.threads}", *args.overrides]
     if init == "pretrained":
-        overrides += args.pretrained_overrides
+        overrides += args.pretrained_overrides + variant.split()
     if init == "scratch":
         overrides += ["from_scratch=true", "freeze_feature_encoder=false"]
     if init == "probe":
@@ -63,7 +73,7 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         record = {"run": name, "condition": cond, "labeled_minutes": minutes, "init": init, "lr": lr,
-                  "wall_seconds": round(time.time() - start),
+                  "variant": variant, "wall_seconds": round(time.time() - start),
                   **test_scores(out_dir / "best.safetensors", c["test"], args.test_limit)}
         valid = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         valid = [v for v in valid if v.get("split") == "valid"]
@@ -73,6 +83,20 @@ def finetune(name: str, args: argparse.Namespace, cond: str, minutes: int, init:
     record = json.loads(done.read_text())
     print(json.dumps(record), flush=True)
     return record
+
+
+def reused_scratch(path: str | None, args: argparse.Namespace) -> dict[str, dict]:
+    """Run name -> scratch record of an earlier run with the same settings (see --reuse-scratch)."""
+    if not path:
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    for key in SCRATCH_SETTINGS:
+        if earlier["args"].get(key) != vars(args)[key]:
+            raise SystemExit(f"--reuse-scratch {path}: its {key} was {earlier['args'].get(key)!r}, "
+                             f"this run's is {vars(args)[key]!r}")
+    if {int(k): v for k, v in earlier["batch_seconds"].items()} != args.batch_seconds:
+        raise SystemExit(f"--reuse-scratch {path}: its batch_seconds differ from this run's")
+    return {r["run"]: {**r, "reused_from": path} for r in earlier["runs"] if r["init"] == "scratch"}
 
 
 def test_scores(checkpoint: Path, tests: dict[str, str], limit: int | None) -> dict:
@@ -104,6 +128,11 @@ def main() -> None:
                         help="padded seconds per update at 10 minutes and at 1 hour of labels")
     parser.add_argument("--pretrained-set", dest="pretrained_overrides", action="append", default=[], metavar="key=value",
                         help="a finetune-ctc setting for the pretrained runs only (repeatable; e.g. encoder_lr_scale=0.5)")
+    parser.add_argument("--pretrained-variants", nargs="+", default=[""], metavar="'key=value ...'",
+                        help="settings swept with --lrs for the pretrained init, one quoted group each "
+                             "(e.g. 'frozen_layers=0' 'frozen_layers=3'); the winner is used everywhere")
+    parser.add_argument("--reuse-scratch", metavar="JSON", default=None,
+                        help="an earlier label-efficiency.json whose scratch rows to reuse (same settings)")
     parser.add_argument("--probe-lr", type=float, default=1e-3)
     parser.add_argument("--probe-set", dest="probe_overrides", action="append", default=[], metavar="key=value",
                         help="a finetune-ctc setting for the probes only (repeatable)")
@@ -117,24 +146,33 @@ def main() -> None:
     args = parser.parse_args()
     args.threads = args.threads or max(1, 2 // args.parallel)
     args.batch_seconds = {10: args.batch_seconds[0], 60: args.batch_seconds[1]}
+    args.reused = reused_scratch(args.reuse_scratch, args)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     start = time.time()
     swept = [c for c in args.conditions if c in args.sweep_conditions] or args.conditions[:1]
-    sweep = [(f"{cond}-{init}-10min-lr{lr:g}", cond, 10, init, lr)
-             for cond in swept for init in ("pretrained", "scratch") for lr in args.lrs]
+    variants = {"pretrained": args.pretrained_variants, "scratch": [""]}
+    sweep = [(run_name(cond, init, 10, lr, variant), cond, 10, init, lr, variant)
+             for cond in swept for init in ("pretrained", "scratch") for lr in args.lrs for variant in variants[init]]
     if not args.no_probe:
         sweep += [(f"{cond}-probe-10min-lr{args.probe_lr:g}", cond, 10, "probe", args.probe_lr) for cond in args.conditions]
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), sweep))
         best = pick_best(rows)
-        # Conditions not swept take the learning rate that won, per init, where the sweep ran.
-        lr = {init: best[(swept[0], init)]["lr"] for init in ("pretrained", "scratch")}
-        rest = [(f"{cond}-{init}-{m}min-lr{lr[init]:g}", cond, m, init, lr[init])
+        # Conditions not swept take the learning rate (and variant) that won, per init, where the sweep ran.
+        win = {init: (best[(swept[0], init)]["lr"], best[(swept[0], init)].get("variant", ""))
+               for init in ("pretrained", "scratch")}
+        rest = [(run_name(cond, init, m, *win[init]), cond, m, init, *win[init])
                 for m in (10, 60) for cond in args.conditions for init in ("pretrained", "scratch")
                 if m == 60 or cond not in swept]
         rows += list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), rest))
     best = pick_best(rows)
     write_results(rows, best, Path(args.results), args, time.time() - start)
+
+
+def run_name(cond: str, init: str, minutes: int, lr: float, variant: str = "") -> str:
+    """e.g. synthetic-pretrained-10min-lr0.002, or ...-lr0.002-frozen_layers3 with a variant."""
+    suffix = "".join(f"-{part.replace('=', '')}" for part in variant.split())
+    return f"{cond}-{init}-{minutes}min-lr{lr:g}{suffix}"
 
 
 def pick_best(rows: list[dict]) -> dict:
@@ -170,7 +208,7 @@ def write_results(rows: list[dict], best: dict, results: Path, args: argparse.Na
 
     results.mkdir(parents=True, exist_ok=True)
     summary = {"runs": rows, "best_lr": {f"{c}/{i}": r["lr"] for (c, i), r in best.items()},
-               "args": {k: v for k, v in vars(args).items() if k != "batch_seconds"},
+               "args": {k: v for k, v in vars(args).items() if k not in ("batch_seconds", "reused")},
                "batch_seconds": args.batch_seconds, "wall_seconds": round(wall)}
     (results / "label-efficiency.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["| condition | labels | init | lr | updates | valid CER | test set | test CER | test WER | wall (min) |",
@@ -178,7 +216,8 @@ def write_results(rows: list[dict], best: dict, results: Path, args: argparse.Na
     for r in rows:
         for test, s in r["test"].items():
             chosen = "" if r["init"] == "probe" or r["labeled_minutes"] == 60 or r is best.get((r["condition"], r["init"])) else " (not best)"
-            lines.append(f"| {r['condition']} | {r['labeled_minutes']} min | {r['init']}{chosen} | {r['lr']:g} | "
+            init = r["init"] + (f" {r['variant']}" if r.get("variant") else "") + (" (reused)" if r.get("reused_from") else "")
+            lines.append(f"| {r['condition']} | {r['labeled_minutes']} min | {init}{chosen} | {r['lr']:g} | "
                          f"{r['steps']} | {r['valid_cer']:.3f} | {test} | {s['cer']:.3f} | {s['wer']:.3f} | "
                          f"{r['wall_seconds'] / 60:.1f} |")
     (results / "label-efficiency-table.md").write_text(

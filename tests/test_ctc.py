@@ -274,3 +274,38 @@ def test_encoder_lr_scale_slows_the_encoder_not_the_head(tmp_path):
     slow_encoder, slow_head = moved(0.01)
     assert full_encoder > 0 and slow_encoder < full_encoder * 0.05
     assert slow_head == pytest.approx(full_head, rel=0.2)
+
+
+def test_frozen_layers_keep_the_pretrained_hidden_states(tiny_checkpoint, tmp_path):
+    """Real updates with frozen_layers=1: hidden states 0 and 1 stay the init's, bit for bit
+    (a speaker head on them reads the pretrained features); the layers above do learn."""
+    from speechssl.audio import load_audio
+    from speechssl.models import build
+    from speechssl.train.ctc import run_finetune_ctc
+    from tests.conftest import FIXTURES
+
+    rows = [{"id": f"u{i}", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hello"} for i in range(2)]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_finetune_ctc(None, [
+        f"init_from={tiny_checkpoint}", "frozen_layers=1", "freeze_feature_encoder=false", "data.crop_seconds=null",
+        f"data.train=[{manifest}]", f"data.valid=[{manifest}]", "data.max_batch_seconds=2", "optim.max_steps=3",
+        "optim.warmup_steps=1", "optim.lr=1e-2", f"run.out_dir={tmp_path / 'run'}", "run.valid_every=3",
+        "run.progress=false"])
+    wave = torch.from_numpy(load_audio(FIXTURES / "speech.wav"))[None]
+    with torch.no_grad():
+        before = build.encoder(tiny_checkpoint).eval()(wave).hidden_states
+        after = build.encoder(tmp_path / "run" / "checkpoint.safetensors").eval()(wave).hidden_states
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.allclose(before[2], after[2])
+
+
+def test_frozen_layers_config_errors(tiny_checkpoint):
+    from speechssl.config import ConfigError, load_config
+    from speechssl.train.ctc import CtcConfig, CtcTask
+
+    common = ["data.train=[x.jsonl]", "data.crop_seconds=null"]
+    with pytest.raises(ConfigError, match="frozen_layers needs pretrained weights"):
+        load_config(CtcConfig, None, [*common, "frozen_layers=1"])
+    with pytest.raises(ConfigError, match="frozen_layers"):
+        CtcTask(load_config(CtcConfig, None, [*common, f"init_from={tiny_checkpoint}", "frozen_layers=2"]))

@@ -89,6 +89,21 @@ class Wav2Vec2Model(nn.Module):
             self(torch.zeros(1, self.config.receptive_field, device=device))
         return self
 
+    def freeze_bottom(self, num_layers: int) -> None:
+        """Stop training everything up to transformer layer ``num_layers``: the front end, the
+        projection, the mask embedding, the positional conv (and the input layer norm of the
+        post-LN variant) and the first ``num_layers`` layers. Hidden states 0..num_layers then stay
+        the ones these weights give, so heads that read them keep reading the same features."""
+        if not 0 <= num_layers < self.config.num_layers:
+            raise ValueError(f"num_layers must be in [0, {self.config.num_layers}), got {num_layers}")
+        frozen = [self.feature_extractor, self.feature_projection, self.encoder.pos_conv_embed,
+                  *self.encoder.layers[:num_layers]]
+        if not self.encoder.pre_ln:
+            frozen.append(self.encoder.layer_norm)
+        for part in frozen:
+            part.requires_grad_(False)
+        self.masked_spec_embed.requires_grad_(False)
+
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         return conv_output_lengths(sample_lengths, *self.config.frame_geometry)
 

@@ -52,6 +52,10 @@ class CtcConfig:
     # The encoder's learning rate as a fraction of the head's: a small pretrained encoder keeps
     # what it learned while a new head catches up (1.0: one rate for all).
     encoder_lr_scale: float = 1.0
+    # Keep the front end and the first N transformer layers as init_from has them (they never
+    # train): less to overfit on minutes of labels, and layers 0..N stay self-supervised, so a
+    # speaker head trained on them later reads the pretrained representation.
+    frozen_layers: int = 0
     # A frozen-encoder probe instead of fine-tuning: the encoder never learns; a weighted sum
     # of its layers feeds a small BiLSTM CTC head (speechssl/models/probe.py). Experiments only:
     # the server and `speechssl.load` serve fine-tuned checkpoints, not probes.
@@ -72,6 +76,10 @@ class CtcConfig:
             raise ConfigError("freeze_transformer_steps must be >= 0")
         if not 0 < self.encoder_lr_scale <= 1:
             raise ConfigError("encoder_lr_scale must be in (0, 1]")
+        if self.frozen_layers < 0:
+            raise ConfigError("frozen_layers must be >= 0")
+        if self.frozen_layers and (not self.init_from or self.from_scratch):
+            raise ConfigError("frozen_layers needs pretrained weights (init_from, from_scratch: false)")
 
 
 def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int = 0) -> list[Utterance]:
@@ -104,6 +112,11 @@ class CtcTask:
             self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout, config.probe)
         if config.freeze_feature_encoder:
             self.module.wav2vec2.feature_extractor.requires_grad_(False)
+        if config.frozen_layers:
+            try:
+                self.module.wav2vec2.freeze_bottom(config.frozen_layers)
+            except ValueError as exc:
+                raise ConfigError(f"frozen_layers: {exc}") from None
         self.step = 0
 
     def before_step(self, step: int) -> None:
@@ -138,7 +151,7 @@ class CtcTask:
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.module.state_dict(), self.module.config,
-                          {"kind": "ctc-probe" if self.config.probe else "ctc", "vocab": self.vocab, "blank_id": 0, "init_from": self.config.init_from,
+                          {"kind": "ctc-probe" if self.config.probe else "ctc", "vocab": self.vocab, "blank_id": 0, "init_from": self.config.init_from, "frozen_layers": self.config.frozen_layers,
                            "from_scratch": self.config.from_scratch})
 
 
