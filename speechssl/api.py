@@ -40,13 +40,15 @@ class SpeechModel:
     def __init__(self, encoder: Wav2Vec2Model, metadata: dict, device: torch.device, name: str,
                  max_batch_seconds: float = 60.0, ctc_head: CtcHead | None = None,
                  speaker_head: torch.nn.Module | None = None, quantize: str | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", ctc_encoder: Wav2Vec2Model | None = None):
         if quantize is not None and device.type != "cpu":
             raise ValueError(f"quantize={quantize!r} is a CPU path; got device {device}")
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         # Fused q/k/v, folded weight norm, int8 weights if asked: built once here (see models/inference.py).
         self.encoder = encoder.to(device).prepare_for_inference(quantize)
+        # What the CTC head reads: the self-supervised encoder, or its copy with fine-tuned top layers.
+        self.ctc_encoder = self.encoder if ctc_encoder is None else ctc_encoder.to(device).prepare_for_inference(quantize)
         # bf16 autocast on GPU by default (design: "bf16 autocast on GPU"); fp32 on CPU.
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.ctc_head = ctc_head.to(device).eval() if ctc_head is not None else None
@@ -104,10 +106,11 @@ class SpeechModel:
         out = [f.mean(0) if pooling == "mean" else f for f in frames]
         return out[0] if single else out
 
-    def run_encoder(self, padded: torch.Tensor, lengths: torch.Tensor, num_layers: int | None = None):
-        """The encoder on one padded batch, under bf16 autocast when ``self.bf16``."""
+    def run_encoder(self, padded: torch.Tensor, lengths: torch.Tensor, num_layers: int | None = None,
+                    encoder: Wav2Vec2Model | None = None):
+        """``encoder`` (by default the self-supervised one) on one padded batch, under bf16 autocast when ``self.bf16``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.encoder(padded, lengths, num_layers=num_layers)
+            return (encoder or self.encoder)(padded, lengths, num_layers=num_layers)
 
     def windows(self, num_samples: int) -> list[Window]:
         """How audio of ``num_samples`` is cut for the encoder: one window when it fits in
@@ -196,7 +199,7 @@ class SpeechModel:
         """CTC log-probabilities (frames, vocab) of each piece, encoded whole."""
         log_probs: list[torch.Tensor | None] = [None] * len(pieces)
         for batch, padded, lengths in self.batches(pieces):
-            out = self.run_encoder(padded, lengths)
+            out = self.run_encoder(padded, lengths, encoder=self.ctc_encoder)
             scores = self.ctc_head(out.last).float().cpu()
             for row, j in enumerate(batch):
                 log_probs[j] = scores[row, : int(out.lengths[row])]
@@ -297,4 +300,5 @@ def load(path: str | Path | None = None, device: str = "auto", quantize: str | N
         path = DEFAULT_CHECKPOINT
     built = build.from_checkpoint(path)
     return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), Path(path).stem,
-                       ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision)
+                       ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision,
+                       ctc_encoder=built.ctc_encoder)

@@ -32,6 +32,11 @@ class CheckpointError(SpeechSSLError, ValueError):
 
 # Which heads a checkpoint holds: the prefix of each head's weights beside the encoder's ``wav2vec2.*``.
 HEAD_PREFIXES = {"ctc": "ctc_head.", "speaker": "speaker_head."}
+# The CTC head's own encoder weights, where they differ from the self-supervised ``wav2vec2.*``:
+# the top layers that fine-tuning trained while the rest stayed frozen (finetune-ctc
+# frozen_layers). Embeddings and speaker vectors read ``wav2vec2.*``; the CTC head reads
+# ``wav2vec2.*`` with these in place.
+CTC_ENCODER_PREFIX = "ctc_encoder."
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,12 @@ class Checkpoint:
     @property
     def info(self) -> CheckpointInfo:
         return CheckpointInfo.parse(self.metadata, self.source)
+
+    @property
+    def ctc_encoder_weights(self) -> dict[str, torch.Tensor]:
+        """The ``ctc_encoder.*`` weights, prefix removed (empty: the CTC head reads ``wav2vec2.*``)."""
+        n = len(CTC_ENCODER_PREFIX)
+        return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(CTC_ENCODER_PREFIX)}
 
     @property
     def heads(self) -> list[str]:

@@ -276,28 +276,69 @@ def test_encoder_lr_scale_slows_the_encoder_not_the_head(tmp_path):
     assert slow_head == pytest.approx(full_head, rel=0.2)
 
 
-def test_frozen_layers_keep_the_pretrained_hidden_states(tiny_checkpoint, tmp_path):
-    """Real updates with frozen_layers=1: hidden states 0 and 1 stay the init's, bit for bit
-    (a speaker head on them reads the pretrained features); the layers above do learn."""
-    from speechssl.audio import load_audio
-    from speechssl.models import build
+@pytest.fixture(scope="module")
+def frozen_finetune(tiny_checkpoint, tmp_path_factory):
+    """Three real updates from the tiny pretrained checkpoint with frozen_layers=1."""
     from speechssl.train.ctc import run_finetune_ctc
     from tests.conftest import FIXTURES
 
+    root = tmp_path_factory.mktemp("frozen")
     rows = [{"id": f"u{i}", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hello"} for i in range(2)]
-    manifest = tmp_path / "train.jsonl"
+    manifest = root / "train.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_finetune_ctc(None, [
         f"init_from={tiny_checkpoint}", "frozen_layers=1", "freeze_feature_encoder=false", "data.crop_seconds=null",
         f"data.train=[{manifest}]", f"data.valid=[{manifest}]", "data.max_batch_seconds=2", "optim.max_steps=3",
-        "optim.warmup_steps=1", "optim.lr=1e-2", f"run.out_dir={tmp_path / 'run'}", "run.valid_every=3",
+        "optim.warmup_steps=1", "optim.lr=1e-2", f"run.out_dir={root / 'run'}", "run.valid_every=3",
         "run.progress=false"])
+    return root / "run" / "checkpoint.safetensors"
+
+
+def test_frozen_layers_keep_the_pretrained_hidden_states(tiny_checkpoint, frozen_finetune):
+    """Hidden states 0 and 1 stay the init's, bit for bit (a speaker head on them reads the
+    pretrained features); the layers above do learn."""
+    from speechssl.audio import load_audio
+    from speechssl.models import build
+    from tests.conftest import FIXTURES
+
     wave = torch.from_numpy(load_audio(FIXTURES / "speech.wav"))[None]
     with torch.no_grad():
         before = build.encoder(tiny_checkpoint).eval()(wave).hidden_states
-        after = build.encoder(tmp_path / "run" / "checkpoint.safetensors").eval()(wave).hidden_states
+        after = build.encoder(frozen_finetune).eval()(wave).hidden_states
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     assert not torch.allclose(before[2], after[2])
+
+
+def test_one_file_serves_pretrained_embeddings_and_fine_tuned_text(tiny_checkpoint, frozen_finetune, tmp_path):
+    """with_ctc_encoder: embeddings from the pretrained encoder, CTC from the fine-tuned top
+    layers, which alone are stored twice; the packaged file loads both."""
+    import speechssl
+    from speechssl.audio import load_audio
+    from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from speechssl.models import build
+    from tests.conftest import FIXTURES
+
+    ssl, tuned = load_checkpoint(tiny_checkpoint), load_checkpoint(frozen_finetune)
+    state = build.with_ctc_encoder(ssl, tuned)
+    branch = sorted({k.split(".")[3] for k in state if k.startswith("ctc_encoder.encoder.layers.")})
+    assert branch == ["1"]  # tiny has 2 layers; layer 0 was frozen
+    assert not any(k.startswith("ctc_encoder.feature") for k in state)
+    save_checkpoint(tmp_path / "both.safetensors", Checkpoint(state, tuned.model_config, tuned.metadata))
+
+    wave = load_audio(FIXTURES / "speech.wav")
+    model = speechssl.load(tmp_path / "both.safetensors")
+    assert np.allclose(model.embed(wave, 16000), speechssl.load(tiny_checkpoint).embed(wave, 16000), atol=1e-5)
+    module, _ = build.load_ctc_model(frozen_finetune)
+    with torch.no_grad():
+        expected, _ = module(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+    assert torch.allclose(model.emissions([wave])[0], expected[0], atol=1e-4)
+    packaged, _ = build.load_ctc_model(tmp_path / "both.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(packaged.state_dict().values(), module.state_dict().values()))
+
+    other = load_checkpoint(tiny_checkpoint)
+    other.state_dict = {k: v[:1] if k.endswith("layer_norm.weight") else v for k, v in other.state_dict.items()}
+    with pytest.raises(CheckpointError, match="not a fine-tune"):
+        build.with_ctc_encoder(other, tuned)
 
 
 def test_frozen_layers_config_errors(tiny_checkpoint):

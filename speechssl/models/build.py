@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from speechssl.checkpoint import HEAD_PREFIXES, Checkpoint, CheckpointError, load_checkpoint, load_into
+from speechssl.checkpoint import CTC_ENCODER_PREFIX, HEAD_PREFIXES, Checkpoint, CheckpointError, load_checkpoint, load_into
 from speechssl.config import build_model_config
 from speechssl.models.ctc import CtcModel
 from speechssl.models.heads import CHAR_VOCAB, CtcHead, SpeakerHead
@@ -47,6 +48,38 @@ def encoder(source: Source, overrides: dict[str, Any] | None = None, weights: bo
     if weights:
         load_into(module, ckpt.state_dict, prefix="wav2vec2.", path=ckpt.source)
     return module
+
+
+def ctc_encoder(source: Source) -> Wav2Vec2Model | None:
+    """The encoder the CTC head reads when it is not the self-supervised one: ``wav2vec2.*``
+    with the checkpoint's ``ctc_encoder.*`` weights in place. None when it holds none."""
+    ckpt = read(source)
+    branch = ckpt.ctc_encoder_weights
+    if not branch:
+        return None
+    module = Wav2Vec2Model(ckpt.model_config)
+    own = module.state_dict()
+    unknown = sorted(set(branch) - set(own))
+    if unknown:
+        raise CheckpointError(f"{ckpt.source}: unknown weight {CTC_ENCODER_PREFIX}{unknown[0]}")
+    state = {k[len("wav2vec2."):]: v for k, v in ckpt.state_dict.items() if k.startswith("wav2vec2.")}
+    load_into(module, {**state, **branch}, path=ckpt.source)
+    return module
+
+
+def with_ctc_encoder(ssl: Checkpoint, tuned: Checkpoint) -> dict:
+    """One state dict from a self-supervised encoder and a CTC fine-tune of it: ``ssl``'s
+    ``wav2vec2.*`` as they are, ``tuned``'s heads, and each ``tuned`` encoder weight that
+    fine-tuning changed as ``ctc_encoder.*`` (with frozen_layers only the top layers differ)."""
+    state = {k: v for k, v in ssl.state_dict.items() if k.startswith("wav2vec2.")}
+    for key, value in tuned.state_dict.items():
+        if not key.startswith("wav2vec2."):
+            state[key] = value
+        elif key not in state or state[key].shape != value.shape:
+            raise CheckpointError(f"{tuned.source} is not a fine-tune of {ssl.source}: weight {key} differs in shape or is missing")
+        elif not torch.equal(state[key], value):
+            state[CTC_ENCODER_PREFIX + key[len("wav2vec2."):]] = value
+    return state
 
 
 def ctc_head(source: Source) -> CtcHead | None:
@@ -86,12 +119,13 @@ class Built:
     ctc_head: CtcHead | None
     speaker_head: SpeakerHead | None
     checkpoint: Checkpoint
+    ctc_encoder: Wav2Vec2Model | None = None  # what the CTC head reads, when not ``encoder``
 
 
 def from_checkpoint(source: Source) -> Built:
     """Encoder and every head of a checkpoint, for inference (``speechssl.load``)."""
     ckpt = read(source)
-    return Built(encoder(ckpt), ctc_head(ckpt), speaker_head(ckpt), ckpt)
+    return Built(encoder(ckpt), ctc_head(ckpt), speaker_head(ckpt), ckpt, ctc_encoder(ckpt))
 
 
 def load_ctc_model(path: Source) -> tuple[CtcModel, list[str]]:
@@ -99,5 +133,6 @@ def load_ctc_model(path: Source) -> tuple[CtcModel, list[str]]:
     ckpt = read(path)
     vocab = ckpt.info.vocab or CHAR_VOCAB
     module = CtcModel(ckpt.model_config, len(vocab), probe=ckpt.info.kind == "ctc-probe")
-    load_into(module, ckpt.state_dict, path=ckpt.source)
+    branch = {"wav2vec2." + k: v for k, v in ckpt.ctc_encoder_weights.items()}
+    load_into(module, {**ckpt.state_dict, **branch}, path=ckpt.source)
     return module.eval(), vocab
