@@ -40,8 +40,15 @@ class Health(BaseModel):
     status: str
 
 
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
 class Transcription(BaseModel):
     text: str
+    logprobs: list[TokenLogprob] | None = None  # with include[]=logprobs: one entry per word
 
 
 class TranscriptionWord(BaseModel):
@@ -53,9 +60,15 @@ class TranscriptionWord(BaseModel):
 
 class TranscriptionSegment(BaseModel):
     id: int
+    seek: int = Field(description="the segment's start in centiseconds (Whisper's 10 ms frames)")
     start: float
     end: float
     text: str
+    tokens: list[int] = Field(description="the CTC vocabulary ids that spell the text (word boundaries included)")
+    temperature: float = Field(0.0, description="always 0: CTC decoding does not sample")
+    avg_logprob: float = Field(description="mean natural log of the words' probabilities")
+    compression_ratio: float = Field(description="text bytes over their zlib size, as Whisper reports it")
+    no_speech_prob: float = Field(0.0, description="always 0: a segment exists only where words were decoded")
 
 
 class TranscriptionVerbose(BaseModel):

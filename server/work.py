@@ -26,7 +26,8 @@ def plan(model: SpeechModel, op: Hashable, wave: np.ndarray) -> Plan:
         pieces = [wave[w.start : w.end] for w in windows]
         if kind == "embed":  # (T, dim) frames: the windows' cores, in order
             return pieces, lambda outputs: stitch(windows, outputs)
-        return pieces, lambda outputs: model.transcript(stitch(windows, outputs), len(wave))
+        decoder = model.decoder(op[1]) if len(op) > 1 else None  # ("transcribe", decoding); streaming: greedy
+        return pieces, lambda outputs: model.transcript(stitch(windows, outputs), len(wave), decoder)
     if kind == "speaker":
         return model.speaker_pieces(wave), speaker_vector
     raise ValueError(f"unknown operation {op!r}")

@@ -6,6 +6,7 @@ list of results, computed in length-sorted, padding-aware batches.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Literal, Sequence, Union
 
@@ -19,7 +20,7 @@ from speechssl.device import resolve_device
 from speechssl.errors import SpeechSSLError
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import Window, windows
-from speechssl.decode.ctc import BeamDecoder, greedy_decode
+from speechssl.decode.ctc import BeamDecoder, greedy_decode, lm_decoder
 from speechssl.models import build
 from speechssl.models.heads import CtcHead, SpeakerHead
 from speechssl.transcript import Transcript, Verification
@@ -28,6 +29,9 @@ from speechssl.models.wav2vec2 import Wav2Vec2Model
 AudioInput = Union[str, Path, bytes, np.ndarray, torch.Tensor]
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default.safetensors"
+# How transcribe decodes: "auto" is beam search with the checkpoint's word n-gram when it
+# carries one (the shipped model does), else greedy.
+DECODINGS = ("auto", "greedy", "beam_lm")
 
 
 class HeadMissingError(SpeechSSLError, ValueError):
@@ -40,7 +44,8 @@ class SpeechModel:
     def __init__(self, encoder: Wav2Vec2Model, metadata: dict, device: torch.device, name: str,
                  max_batch_seconds: float = 60.0, ctc_head: CtcHead | None = None,
                  speaker_head: torch.nn.Module | None = None, quantize: str | None = None,
-                 precision: str = "auto", ctc_encoder: Wav2Vec2Model | None = None):
+                 precision: str = "auto", ctc_encoder: Wav2Vec2Model | None = None,
+                 lm: bytes | None = None):
         if quantize is not None and device.type != "cpu":
             raise ValueError(f"quantize={quantize!r} is a CPU path; got device {device}")
         if precision not in ("auto", "fp32", "bf16"):
@@ -54,6 +59,9 @@ class SpeechModel:
         self.ctc_head = ctc_head.to(device).eval() if ctc_head is not None else None
         self.speaker_head = speaker_head.to(device).eval() if speaker_head is not None else None
         self.metadata = metadata
+        self.lm = lm  # the checkpoint's word n-gram (gzip'd ARPA), or None
+        self._lm_decoder: BeamDecoder | None = None
+        self._lm_lock = threading.Lock()
         self.device = device
         self.name = name
         self.max_batch_seconds = max_batch_seconds
@@ -160,13 +168,30 @@ class SpeechModel:
 
     # --- speech-to-text -------------------------------------------------------------
 
+    def decoder(self, decoding: str = "auto") -> BeamDecoder | None:
+        """What ``decoding`` (DECODINGS) decodes with: None for greedy ("greedy", or "auto" on a
+        checkpoint without a language model), else the beam search with the checkpoint's word
+        n-gram, built on first use (KenLM loads it in about a second) and kept."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
+        if decoding == "greedy" or (decoding == "auto" and self.lm is None):
+            return None
+        if self.lm is None:
+            raise HeadMissingError(f"checkpoint {self.name!r} carries no language model; use decoding='greedy'")
+        with self._lm_lock:
+            if self._lm_decoder is None:
+                self._lm_decoder = lm_decoder(self.vocab, self.lm, self.metadata.get("lm"))
+        return self._lm_decoder
+
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,
-                   decoder: BeamDecoder | None = None, timestamps: bool = True):
-        """Transcript(text, words, duration) per input; greedy decoding unless a BeamDecoder is given.
+                   decoder: BeamDecoder | None = None, timestamps: bool = True, decoding: str = "auto"):
+        """Transcript(text, words, duration) per input, decoded with ``decoder`` if given, else as
+        ``decoding`` says (see ``decoder``: by default beam + LM when the checkpoint carries one).
 
         Audio of any length: long inputs are encoded in overlapping chunks (see ``emissions``).
         """
         self.require("ctc")
+        decoder = decoder if decoder is not None else self.decoder(decoding)
         single = not isinstance(audio, (list, tuple))
         waves = [load_audio(a, sample_rate) for a in ([audio] if single else audio)]
         out = [self.transcript(emissions, len(wave), decoder, timestamps)
@@ -301,4 +326,4 @@ def load(path: str | Path | None = None, device: str = "auto", quantize: str | N
     built = build.from_checkpoint(path)
     return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), Path(path).stem,
                        ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision,
-                       ctc_encoder=built.ctc_encoder)
+                       ctc_encoder=built.ctc_encoder, lm=built.lm)

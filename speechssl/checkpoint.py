@@ -37,6 +37,9 @@ HEAD_PREFIXES = {"ctc": "ctc_head.", "speaker": "speaker_head."}
 # frozen_layers). Embeddings and speaker vectors read ``wav2vec2.*``; the CTC head reads
 # ``wav2vec2.*`` with these in place.
 CTC_ENCODER_PREFIX = "ctc_encoder."
+# A word n-gram for beam search, inside the file: the ARPA text, gzip-compressed, as a uint8
+# tensor; ``metadata["lm"]`` holds its decoding settings (BeamSettings fields).
+LM_KEY = "lm.arpa_gzip"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decoding", choices=["auto", "greedy", "beam_lm"], default="auto",
+                        help="auto (default): beam search with the checkpoint's own word n-gram when it carries "
+                             "one (the shipped model does), else greedy; --beam or --lm decode as they say instead")
     parser.add_argument("--beam", action="store_true", help="beam search instead of greedy decoding")
     parser.add_argument("--beam-size", type=int, default=50, help="hypotheses kept (default 50)")
     parser.add_argument("--lm", default=None, help="KenLM n-gram (ARPA or binary) for beam search; implies --beam")
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     transcribe = sub.add_parser("transcribe", help="speech-to-text with word timestamps",
                                 description="Transcribe audio files of any length (long files are decoded in "
-                                "overlapping chunks). Greedy decoding unless --beam is given.")
+                                "overlapping chunks). Beam search with the checkpoint's word n-gram when it carries one, "
+                                "else greedy (see --decoding).")
     transcribe.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
     add_model_options(transcribe, "checkpoint with a CTC head (default: the shipped model)")
     transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",

@@ -32,12 +32,14 @@ def load_model(args: argparse.Namespace, head: str | None = None):
     return model
 
 
-def make_decoder(args: argparse.Namespace, vocab: list[str]):
-    """A beam decoder when --beam or --lm is given; None means greedy decoding."""
+def make_decoder(args: argparse.Namespace, model):
+    """The decoder the flags ask for: a beam decoder of their own with --beam or --lm, else the
+    model's for --decoding (its LM's beam search, or None: greedy)."""
     if not (args.beam or args.lm):
-        return None
+        return model.decoder(args.decoding)
     from speechssl.decode.ctc import BeamDecoder, BeamSettings
 
+    vocab = model.vocab
     return BeamDecoder(vocab, BeamSettings(beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
                                            lm_weight=args.lm_weight, word_score=args.word_score))
 
@@ -113,7 +115,7 @@ def transcribe(args: argparse.Namespace) -> None:
     from speechssl.transcript import to_srt, to_vtt
 
     model = load_model(args, "ctc")
-    decoder = make_decoder(args, model.vocab)
+    decoder = make_decoder(args, model)
     for path in args.files:
         transcript = model.transcribe(str(path), decoder=decoder, timestamps=args.format != "text")
         if args.format == "text":
@@ -129,9 +131,10 @@ def evaluate_asr(args: argparse.Namespace) -> None:
     from speechssl.evaluation import evaluate_asr as evaluate
 
     model = load_model(args, "ctc")
-    scores = evaluate(model, read_manifest(args.manifest), make_decoder(args, model.vocab))
-    print_json({"checkpoint": model.name, "manifest": str(args.manifest),
-                "decoder": "beam" if (args.beam or args.lm) else "greedy", **scores})
+    decoder = make_decoder(args, model)
+    name = "beam" if (args.beam or args.lm) else "beam_lm" if decoder is not None else "greedy"
+    scores = evaluate(model, read_manifest(args.manifest), decoder)
+    print_json({"checkpoint": model.name, "manifest": str(args.manifest), "decoder": name, **scores})
 
 
 def evaluate_speaker(args: argparse.Namespace) -> None:

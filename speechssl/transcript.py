@@ -3,6 +3,8 @@ formats (SRT, WebVTT), and speaker-verification verdicts."""
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import asdict, dataclass, field
 
 
@@ -17,6 +19,28 @@ class Word:
 
 
 @dataclass
+class Segment:
+    """A run of words (a subtitle cue), with the confidence figures OpenAI's segments carry."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+
+    @property
+    def avg_logprob(self) -> float:
+        """Mean natural log of the words' probabilities (0 is certain)."""
+        return sum(math.log(max(w.probability, 1e-12)) for w in self.words) / max(len(self.words), 1)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Text bytes over their zlib size, as Whisper reports it: high for repetitive output."""
+        data = self.text.encode()
+        return round(len(data) / len(zlib.compress(data)), 4) if data else 0.0
+
+
+@dataclass
 class Transcript:
     text: str
     words: list[Word] = field(default_factory=list)
@@ -25,18 +49,25 @@ class Transcript:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def cues(self, max_words: int = 12, max_gap: float = 1.0) -> list[tuple[float, float, str]]:
-        """Subtitle cues: runs of up to ``max_words`` words, broken at pauses over ``max_gap`` s."""
-        cues: list[tuple[float, float, str]] = []
-        run: list[Word] = []
+    def segments(self, max_words: int = 12, max_gap: float = 1.0) -> list[Segment]:
+        """Runs of up to ``max_words`` words, broken at pauses over ``max_gap`` s."""
+        runs: list[list[Word]] = []
         for word in self.words:
-            if run and (len(run) == max_words or word.start - run[-1].end > max_gap):
-                cues.append((run[0].start, run[-1].end, " ".join(w.text for w in run)))
-                run = []
-            run.append(word)
-        if run:
-            cues.append((run[0].start, run[-1].end, " ".join(w.text for w in run)))
-        return cues
+            if not runs or len(runs[-1]) == max_words or word.start - runs[-1][-1].end > max_gap:
+                runs.append([])
+            runs[-1].append(word)
+        return [Segment(i, run[0].start, run[-1].end, " ".join(w.text for w in run), run) for i, run in enumerate(runs)]
+
+    def cues(self, max_words: int = 12, max_gap: float = 1.0) -> list[tuple[float, float, str]]:
+        """Subtitle cues (start, end, text): the segments."""
+        return [(seg.start, seg.end, seg.text) for seg in self.segments(max_words, max_gap)]
+
+    def logprobs(self) -> list[dict]:
+        """OpenAI's ``logprobs`` for ``include[]=logprobs``: one entry per word (a space before
+        all but the first, so the tokens join into ``text``), its log-probability and bytes."""
+        tokens = [(" " if i else "") + w.text for i, w in enumerate(self.words)]
+        return [{"token": t, "logprob": math.log(max(w.probability, 1e-12)), "bytes": list(t.encode())}
+                for t, w in zip(tokens, self.words)]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.settings import Settings
-from speechssl.api import SpeechModel
+import speechssl
+from speechssl.api import HeadMissingError, SpeechModel
 from speechssl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speechssl.models import heads
 from tests.conftest import require_fsdd
@@ -27,8 +28,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TRANSCRIBE, SPEAKER_EMBED, VERIFY = "/v1/audio/transcriptions", "/v1/speakers/embed", "/v1/speakers/verify"
 
 
-def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool, threshold: float | None = 0.5) -> Path:
-    """The tiny encoder plus a random CTC head (and a random speaker head when asked)."""
+LM_TEXTS = ["one two three", "two three four", "three four five six", "seven eight nine"]
+
+
+def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool, threshold: float | None = 0.5,
+                           lm: bool = False) -> Path:
+    """The tiny encoder plus a random CTC head (and a random speaker head, and a word n-gram
+    of LM_TEXTS inside the file, when asked)."""
     ckpt = load_checkpoint(encoder_checkpoint)
     hidden = ckpt.model_config.hidden_size
     torch.manual_seed(1)
@@ -41,6 +47,15 @@ def build_heads_checkpoint(encoder_checkpoint: Path, out: Path, speaker: bool, t
         metadata["speaker_head"] = head.config()
         if threshold is not None:
             metadata["speaker_threshold"] = threshold
+    if lm:
+        import gzip
+
+        from speechssl.checkpoint import LM_KEY
+        from speechssl.decode.ngram import build_arpa
+
+        arpa = gzip.compress(build_arpa(LM_TEXTS, order=2).encode())
+        state[LM_KEY] = torch.frombuffer(bytearray(arpa), dtype=torch.uint8)
+        metadata["lm"] = {"order": 2, "lm_weight": 2.0, "word_score": 0.0}
     save_checkpoint(out, Checkpoint(state, ckpt.model_config, metadata))
     return out
 
@@ -241,6 +256,11 @@ def test_auth_missing_field_and_content_type(server, route, speech):
     ({"timestamp_granularities[]": "word"}, 400, "needs response_format=verbose_json"),
     ({"language": "fr"}, 400, "not supported"),
     ({"temperature": "warm"}, 422, "temperature"),
+    ({"decoding": "viterbi"}, 422, "decoding"),
+    ({"include[]": "tokens"}, 422, "include"),
+    ({"include[]": "logprobs", "response_format": "text"}, 400, "needs response_format=json"),
+    ({"decoding": "beam_lm"}, 400, "carries no language model"),
+    ({"decoding": "beam_lm", "stream": "true"}, 400, "carries no language model"),
 ])
 def test_bad_transcription_parameters(server, speech, data, status, message):
     response = post_audio(server, TRANSCRIBE, speech, data=data)
@@ -248,7 +268,7 @@ def test_bad_transcription_parameters(server, speech, data, status, message):
     assert message in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"chunking_strategy": "auto", "include[]": "logprobs"}),
+@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"chunking_strategy": "auto", "known_speaker_names[]": "a"}),
                                            ("/v1/embeddings", {"model": "x"}),
                                            pytest.param(SPEAKER_EMBED, {"pooling": "mean"}, marks=needs_speaker_head)])
 def test_fields_a_route_does_not_take_are_named_in_a_400(server, speech, route, extra):
@@ -289,3 +309,48 @@ def test_openai_client_sees_errors_as_api_errors(client):
     bad_key = openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_key.audio.transcriptions.create(model="whisper-1", file=("a.wav", (FIXTURES / "speech.wav").read_bytes()))
+
+
+def test_a_checkpoint_with_a_language_model_decodes_with_it_by_default(tiny_checkpoint, tmp_path, clips):
+    """auto = beam + the file's own n-gram (only its words come out), through the API and the
+    server alike; decoding=greedy gives the greedy text (the random head spells other words)."""
+    path = build_heads_checkpoint(tiny_checkpoint, tmp_path / "lm.safetensors", speaker=False, lm=True)
+    model = speechssl.load(path, device="cpu")
+    words = {w for t in LM_TEXTS for w in t.split()}
+    auto = [model.transcribe(str(c), timestamps=False).text for c in clips[:4]]
+    greedy = [model.transcribe(str(c), timestamps=False, decoding="greedy").text for c in clips[:4]]
+    assert all(set(t.split()) <= words for t in auto) and any(auto)
+    assert any(set(t.split()) - words for t in greedy)
+    with pytest.raises(HeadMissingError, match="no language model"):
+        speechssl.load(tiny_checkpoint).decoder("beam_lm")
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        model.decoder("viterbi")
+    settings = Settings(checkpoint=str(path), device="cpu", max_wait_ms=10)
+    with LiveServer(settings) as live:
+        for clip, text, plain in zip(clips, auto, greedy):
+            for decoding, expected in (("auto", text), ("beam_lm", text), ("greedy", plain)):
+                response = post_audio(live, TRANSCRIBE, clip.read_bytes(), data={"decoding": decoding}, headers={})
+                assert response.status_code == 200 and response.json()["text"] == expected, (decoding, response.text)
+
+
+def test_logprobs_and_segment_confidence_come_from_the_word_probabilities(server, clips):
+    """include[]=logprobs: tokens join into the text, logprob = log(word probability); the
+    verbose segments' avg_logprob is their words' mean log-probability."""
+    import math
+
+    for clip in clips[:3]:
+        audio = clip.read_bytes()
+        plain = post_audio(server, TRANSCRIBE, audio, data={"include[]": "logprobs"}).json()
+        verbose = post_audio(server, TRANSCRIBE, audio, data={"response_format": "verbose_json",
+                                                              "timestamp_granularities[]": ["word", "segment"]}).json()
+        words = verbose["words"]
+        assert "".join(t["token"] for t in plain["logprobs"]) == plain["text"] == verbose["text"]
+        assert [t["logprob"] for t in plain["logprobs"]] == pytest.approx([math.log(w["probability"]) for w in words])
+        assert all(t["bytes"] == list(t["token"].encode()) for t in plain["logprobs"])
+        assert " ".join(s["text"] for s in verbose["segments"]) == verbose["text"]
+        for seg in verbose["segments"]:
+            inside = [w for w in words if seg["start"] <= w["start"] and w["end"] <= seg["end"]]
+            assert seg["avg_logprob"] == pytest.approx(sum(math.log(w["probability"]) for w in inside) / len(inside))
+            assert seg["compression_ratio"] > 0 and seg["temperature"] == 0 and seg["seek"] == round(seg["start"] * 100)
+            assert len(seg["tokens"]) == len(seg["text"])
+    assert "logprobs" not in post_audio(server, TRANSCRIBE, clips[0].read_bytes()).json()

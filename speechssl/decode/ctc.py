@@ -10,6 +10,8 @@ through a lexicon; lexicon-free it would treat the LM as one over characters).
 
 from __future__ import annotations
 
+import threading
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,15 +139,40 @@ class BeamDecoder:
         )
         self.vocab = vocab
         self.blank_id = vocab.index(BLANK)
+        self.lock = threading.Lock()  # flashlight's decoder keeps per-call state: one call at a time
 
     def __call__(self, emissions: Tensor) -> str:
-        hyps = self.decoder(emissions.float().cpu().unsqueeze(0).contiguous())[0]
+        with self.lock:
+            hyps = self.decoder(emissions.float().cpu().unsqueeze(0).contiguous())[0]
         if not hyps:
             return ""
         # hyp.tokens is already collapsed (repeats merged, blanks dropped): joining it must not
         # merge again, or "ll" in "hello" would become one letter.
         chars = "".join(self.vocab[t] for t in hyps[0].tokens.tolist() if t != self.blank_id)
         return " ".join(chars.replace(WORD_BOUNDARY, " ").split())
+
+
+def lm_decoder(vocab: list[str], arpa_gzip: bytes, settings: dict | None = None) -> BeamDecoder:
+    """A BeamDecoder on an ARPA word n-gram held in memory (gzip'd, as a checkpoint carries it);
+    ``settings``: BeamSettings fields (beam_size, lm_weight, word_score, ...)."""
+    import dataclasses
+    import gzip
+    import os
+    import tempfile
+
+    known = {f.name for f in dataclasses.fields(BeamSettings)} - {"lm", "lexicon"}
+    try:
+        text = gzip.decompress(arpa_gzip)
+    except (OSError, EOFError) as exc:
+        raise DecodeError(f"the checkpoint's language model is not a gzip'd ARPA file ({exc})") from None
+    fd, path = tempfile.mkstemp(suffix=".arpa")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        # KenLM reads the whole file while the decoder is built; the file is not needed after.
+        return BeamDecoder(vocab, BeamSettings(lm=path, **{k: v for k, v in (settings or {}).items() if k in known}))
+    finally:
+        os.unlink(path)
 
 
 def lexicon_from_arpa(lm: str, vocab: list[str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechssl.checkpoint import CTC_ENCODER_PREFIX, HEAD_PREFIXES, Checkpoint, CheckpointError, load_checkpoint, load_into
+from speechssl.checkpoint import CTC_ENCODER_PREFIX, HEAD_PREFIXES, LM_KEY, Checkpoint, CheckpointError, load_checkpoint, load_into
 from speechssl.config import build_model_config
 from speechssl.models.ctc import CtcModel
 from speechssl.models.heads import CHAR_VOCAB, CtcHead, SpeakerHead
@@ -69,9 +69,10 @@ def ctc_encoder(source: Source) -> Wav2Vec2Model | None:
 
 def with_ctc_encoder(ssl: Checkpoint, tuned: Checkpoint) -> dict:
     """One state dict from a self-supervised encoder and a CTC fine-tune of it: ``ssl``'s
-    ``wav2vec2.*`` as they are, ``tuned``'s heads, and each ``tuned`` encoder weight that
-    fine-tuning changed as ``ctc_encoder.*`` (with frozen_layers only the top layers differ)."""
-    state = {k: v for k, v in ssl.state_dict.items() if k.startswith("wav2vec2.")}
+    ``wav2vec2.*`` and heads as they are, ``tuned``'s heads, and each ``tuned`` encoder weight
+    that fine-tuning changed as ``ctc_encoder.*`` (with frozen_layers only the top layers differ)."""
+    keep = ("wav2vec2.", *HEAD_PREFIXES.values(), LM_KEY)  # not a pretraining checkpoint's quantizer or label head
+    state = {k: v for k, v in ssl.state_dict.items() if k.startswith(keep)}
     for key, value in tuned.state_dict.items():
         if not key.startswith("wav2vec2."):
             state[key] = value
@@ -120,12 +121,15 @@ class Built:
     speaker_head: SpeakerHead | None
     checkpoint: Checkpoint
     ctc_encoder: Wav2Vec2Model | None = None  # what the CTC head reads, when not ``encoder``
+    lm: bytes | None = None  # a word n-gram for beam search (gzip'd ARPA), when the checkpoint carries one
 
 
 def from_checkpoint(source: Source) -> Built:
     """Encoder and every head of a checkpoint, for inference (``speechssl.load``)."""
     ckpt = read(source)
-    return Built(encoder(ckpt), ctc_head(ckpt), speaker_head(ckpt), ckpt, ctc_encoder(ckpt))
+    lm = ckpt.state_dict.get(LM_KEY)
+    return Built(encoder(ckpt), ctc_head(ckpt), speaker_head(ckpt), ckpt, ctc_encoder(ckpt),
+                 None if lm is None else lm.numpy().tobytes())
 
 
 def load_ctc_model(path: Source) -> tuple[CtcModel, list[str]]:
