@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -22,17 +23,30 @@ from server.settings import Settings
 log = logging.getLogger("speechssl.server")
 
 
+def load_model(settings: Settings):
+    """The checkpoint to serve: a speechssl file, the shipped model, or a transformers folder
+    (or cache entry), imported in memory."""
+    import speechssl
+
+    source = settings.checkpoint
+    if source is not None and Path(source).is_dir():
+        from speechssl.interop.hf import checkpoint_from_hf
+
+        log.info("importing the transformers folder %s in memory (speechssl import-hf saves it as one file)", source)
+        source = checkpoint_from_hf(source)
+    return speechssl.load(source, settings.device, settings.quantize)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import speechssl
         import torch
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        model = await asyncio.to_thread(speechssl.load, settings.checkpoint, settings.device, settings.quantize)
+        model = await asyncio.to_thread(load_model, settings)
         model.max_batch_seconds = settings.batch_seconds(model.device.type)
         await asyncio.to_thread(work.warm_up, model)
         limit = logs.RateLimit()

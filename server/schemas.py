@@ -13,6 +13,8 @@ class ModelCard(BaseModel):
     num_layers: int
     sample_rate: int
     heads: list[str]
+    family: str = Field(description="the architecture: wav2vec2 (speechssl's one family so far)")
+    source: str = Field(description="speechssl (trained here), or transformers (imported from a folder)")
 
 
 class ModelList(BaseModel):

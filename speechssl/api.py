@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from speechssl.audio import SAMPLE_RATE, load_audio
-from speechssl.checkpoint import CheckpointError, CheckpointInfo
+from speechssl.checkpoint import Checkpoint, CheckpointError, CheckpointInfo
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.device import resolve_device
 from speechssl.errors import SpeechSSLError
@@ -308,9 +308,10 @@ def stitch(plan: list[Window], outputs: list):
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
-def load(path: str | Path | None = None, device: str = "auto", quantize: str | None = None,
+def load(path: str | Path | Checkpoint | None = None, device: str = "auto", quantize: str | None = None,
          precision: str = "auto") -> SpeechModel:
-    """Load a speechssl checkpoint (the shipped default model when ``path`` is None).
+    """Load a speechssl checkpoint (a file, or a Checkpoint already in memory; the shipped
+    default model when ``path`` is None).
 
     ``quantize="int8"``: int8 weights for the encoder's matmuls (CPU; faster, slightly less
     accurate: see docs/benchmarks.md). ``precision``: "auto" (bf16 autocast on GPU, fp32 on
@@ -324,6 +325,7 @@ def load(path: str | Path | None = None, device: str = "auto", quantize: str | N
             )
         path = DEFAULT_CHECKPOINT
     built = build.from_checkpoint(path)
-    return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), Path(path).stem,
+    name = Path(path.source if isinstance(path, Checkpoint) else path).stem
+    return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), name,
                        ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision,
                        ctc_encoder=built.ctc_encoder, lm=built.lm)

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-hf", help="convert a transformers Wav2Vec2 folder to a speechssl checkpoint",
                          description="Read config.json + weights of a Wav2Vec2Model / Wav2Vec2ForPreTraining / "
                          "Wav2Vec2ForCTC folder and write one speechssl .safetensors file.")
-    imp.add_argument("hf_dir", type=Path, help="folder with config.json and model.safetensors or pytorch_model.bin")
+    imp.add_argument("hf_dir", type=Path, help="folder with config.json and model.safetensors or pytorch_model.bin, "
+                     "or a transformers cache entry as it sits on disk (~/.cache/huggingface/hub/models--org--name)")
     imp.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
 
     exp = sub.add_parser("export-hf", help="write a speechssl checkpoint as a transformers Wav2Vec2 folder",
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a checkpoint over HTTP (FastAPI + uvicorn)",
                            description="Serve embeddings, transcripts and speaker vectors over HTTP (the heads the checkpoint holds). Every flag can also be set with a "
                            "SPEECHSSL_<NAME> environment variable (e.g. SPEECHSSL_API_KEY).")
-    serve.add_argument("--checkpoint", default=None, help="checkpoint to serve (default: the shipped model)")
+    serve.add_argument("--checkpoint", default=None, help="checkpoint to serve (default: the shipped model); a "
+                       "transformers Wav2Vec2 folder or cache entry is imported in memory")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")

@@ -450,3 +450,46 @@ def test_exported_ctc_decodes_the_same_in_the_asr_pipeline(tmp_path):
     for clip in (wave, wave[: len(wave) // 2], wave[len(wave) // 3:]):
         ours = model.transcribe(clip, sample_rate=16000, timestamps=False).text
         assert ours and asr({"raw": clip, "sampling_rate": 16000})["text"] == ours
+
+
+def test_a_cache_entry_and_serve_checkpoint_on_a_transformers_folder(tmp_path):
+    """import-hf reads a transformers cache entry as it sits on disk (refs/main -> snapshot of
+    symlinks to blobs); `serve --checkpoint <that folder>` imports it in memory, says so in
+    /v1/models, and transcribes what transformers decodes."""
+    import httpx
+
+    from server.settings import Settings
+    from tests.test_server import LiveServer, wav_bytes
+
+    cfg = configs()["tiny"]
+    hf = hf_random(transformers.Wav2Vec2ForCTC, cfg, seed=11, vocab_size=len(VOCAB), pad_token_id=0)
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(20)
+    save_hf_folder(tmp_path / "plain", hf, cfg)
+    tokenizer_vocab = tmp_path / "vocab.json"
+    tokenizer_vocab.write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tokenizer_vocab), pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(tmp_path / "plain")
+    entry = tmp_path / "hub" / "models--org--tiny-ctc"
+    snapshot, blobs = entry / "snapshots" / "abc123", entry / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted((tmp_path / "plain").iterdir())):
+        (blobs / f"blob{i}").write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / f"blob{i}")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("abc123")
+    assert import_hf(entry, tmp_path / "ours.safetensors").source == str(snapshot)
+
+    waves, lengths = batch([32000], seed=3)
+    values, _ = hf_inputs(waves, lengths, cfg)
+    with torch.no_grad():
+        expected = transformers_text(tokenizer, hf(values).logits[0])
+    with LiveServer(Settings(checkpoint=str(entry), device="cpu", max_wait_ms=10)) as live:
+        card = httpx.get(live.url + "/v1/models").json()["data"][0]
+        assert card["source"] == "transformers" and card["family"] == "wav2vec2" and card["heads"] == ["embeddings", "ctc"]
+        audio = wav_bytes(waves[0].numpy(), 16000)
+        answer = httpx.post(live.url + "/v1/audio/transcriptions", files={"file": ("a.wav", audio, "audio/wav")}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["text"] == expected
+    with pytest.raises(HfInteropError, match="no config.json"):
+        import_hf(tmp_path / "hub", tmp_path / "x.safetensors")

@@ -107,13 +107,40 @@ def _check_weights(state: dict[str, torch.Tensor], cfg: ModelConfig, hf_dir: Pat
                                  f"config.json implies {tuple(shape)}")
 
 
+def resolve_hf_dir(path: str | Path) -> Path:
+    """The model folder ``path`` names: a folder with config.json as it is, or a transformers
+    cache entry as it sits on disk (``models--org--name``: its ``refs/main`` snapshot, or its
+    only snapshot)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    snapshots = path / "snapshots"
+    if snapshots.is_dir():
+        ref = path / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
+            return snapshots / ref.read_text().strip()
+        found = sorted(d for d in snapshots.iterdir() if (d / "config.json").is_file())
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise HfInteropError(f"{path}: {len(found)} snapshots and no refs/main to choose one; "
+                                 f"pass one of {', '.join(str(d) for d in found)}")
+    raise HfInteropError(f"{path}: no config.json; expected a transformers Wav2Vec2 folder "
+                         "or a cache entry (models--org--name) holding one")
+
+
 def import_hf(hf_dir: str | Path, out_path: str | Path) -> Checkpoint:
-    """Convert a transformers Wav2Vec2 folder into one speechssl checkpoint at ``out_path``."""
+    """Convert a transformers Wav2Vec2 folder (or cache entry) into one speechssl checkpoint at ``out_path``."""
+    checkpoint = checkpoint_from_hf(hf_dir)
+    save_checkpoint(out_path, checkpoint)
+    return checkpoint
+
+
+def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
+    """A transformers Wav2Vec2 folder (or cache entry) as a speechssl Checkpoint, in memory."""
     from transformers import Wav2Vec2Config
 
-    hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").is_file():
-        raise HfInteropError(f"{hf_dir}: no config.json; expected a transformers Wav2Vec2 folder")
+    hf_dir = resolve_hf_dir(hf_dir)
     hf_cfg = Wav2Vec2Config.from_pretrained(str(hf_dir))
     # transformers' feature extractor normalises by default when a folder has no preprocessor config.
     preprocessor = hf_dir / "preprocessor_config.json"
@@ -139,9 +166,7 @@ def import_hf(hf_dir: str | Path, out_path: str | Path) -> Checkpoint:
             metadata.update(vocab=vocab.tokens, blank_id=vocab.blank_id, special_tokens=vocab.special_tokens)
         else:
             metadata["blank_id"] = int(hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0)
-    checkpoint = Checkpoint(state, cfg, metadata)
-    save_checkpoint(out_path, checkpoint)
-    return checkpoint
+    return Checkpoint(state, cfg, metadata, source=str(hf_dir))
 
 
 # --------------------------------------------------------------------------- export
