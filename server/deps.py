@@ -13,20 +13,38 @@ from server import work
 from server.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from server.errors import ApiError, library_error
 from speechssl.api import HeadMissingError
-from speechssl.audio import AudioError, load_audio
+from speechssl.audio import SAMPLE_RATE, AudioError, load_audio
 
 POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
-async def read_upload(request: Request, upload: UploadFile) -> np.ndarray:
+async def read_upload(request: Request, upload: UploadFile, max_seconds: float | None = None) -> np.ndarray:
+    """One uploaded file as 16 kHz audio, at most ``max_seconds`` (default: the setting) long."""
     settings = request.app.state.settings
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes", code="upload_too_large")
     try:
-        return await asyncio.to_thread(load_audio, data, None, max_seconds=settings.max_audio_seconds)
+        return await asyncio.to_thread(load_audio, data, None,
+                                       max_seconds=settings.max_audio_seconds if max_seconds is None else max_seconds)
     except AudioError as exc:
         raise library_error(exc) from None
+
+
+async def read_uploads(request: Request, uploads: list[UploadFile]) -> list[np.ndarray]:
+    """Several files of one request: at most ``max_files``, sharing ``max_audio_seconds``."""
+    settings = request.app.state.settings
+    if len(uploads) > settings.max_files:
+        raise ApiError(400, f"{len(uploads)} files in one request; the limit is {settings.max_files}",
+                       code="too_many_files")
+    waves, left = [], settings.max_audio_seconds
+    for upload in uploads:
+        if left <= 0:
+            raise ApiError(413, f"the files hold more than {settings.max_audio_seconds:g} s of audio in all",
+                           code="audio_too_long")
+        waves.append(await read_upload(request, upload, max_seconds=left))
+        left -= len(waves[-1]) / SAMPLE_RATE
+    return waves
 
 
 async def submit(request: Request, op: Hashable, wave: np.ndarray) -> Any:

@@ -24,8 +24,16 @@ class ModelList(BaseModel):
 
 class Embedding(BaseModel):
     object: str = "embedding"
-    index: int = 0
-    embedding: list[float] | list[list[float]]
+    index: int = 0  # the file's place among the request's file parts
+    embedding: list[float] | list[list[float]] | str = Field(
+        description="floats; with encoding_format=base64 the float32 little-endian bytes (frames x dim when pooling=none)")
+    frames: int
+    duration: float
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="encoder frames (20 ms each) of all the files")
+    total_tokens: int
 
 
 class EmbeddingList(BaseModel):
@@ -34,8 +42,9 @@ class EmbeddingList(BaseModel):
     model: str
     layer: int
     pooling: str
-    frames: int
+    frames: int  # all the files together
     duration: float
+    usage: Usage
 
 
 class Health(BaseModel):

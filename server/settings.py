@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     port: int = 8000
     api_key: str | None = Field(None, description="when set, requests need 'Authorization: Bearer <key>'")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
-    max_audio_seconds: float = Field(600.0, gt=0)
+    max_audio_seconds: float = Field(600.0, gt=0, description="audio per request, all its files together")
+    max_files: int = Field(16, ge=1, description="file parts per /v1/embeddings request (they share the upload and audio limits)")
     max_batch_seconds: float | None = Field(None, gt=0, description="padded audio seconds per device batch; "
                                             "default 120 on a GPU, 32 on a CPU (where big padded batches run slower "
                                             "than small ones: docs/benchmarks-serving.md)")

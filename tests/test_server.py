@@ -102,6 +102,35 @@ def test_embeddings_mean_frames_and_layer(server, speech):
     assert np.linalg.norm(unit["data"][0]["embedding"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_several_files_in_one_embeddings_request(server):
+    """OpenAI's shape: data[i] per file part, in order, each equal to that file alone; base64
+    is the float32 bytes of the same vector; usage counts the frames. The files share the
+    request's audio limit (20 s here) and at most max_files may come."""
+    import base64
+
+    clips = [p.read_bytes() for p in sorted(require_fsdd().glob("*.wav"))[:3]]
+    files = [("file", (f"{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)]
+    many = httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).json()
+    packed = httpx.post(server.url + "/v1/embeddings", files=files, data={"encoding_format": "base64"},
+                        headers=AUTH).json()
+    assert [d["index"] for d in many["data"]] == [0, 1, 2]
+    for clip, item, b64 in zip(clips, many["data"], packed["data"]):
+        alone = httpx.post(server.url + "/v1/embeddings", files={"file": ("a.wav", clip, "audio/wav")},
+                           headers=AUTH).json()["data"][0]
+        assert np.allclose(item["embedding"], alone["embedding"], atol=1e-4) and item["frames"] == alone["frames"]
+        decoded = np.frombuffer(base64.b64decode(b64["embedding"]), dtype="<f4")
+        assert np.allclose(decoded, item["embedding"], atol=1e-6)
+    assert many["frames"] == many["usage"]["prompt_tokens"] == sum(d["frames"] for d in many["data"])
+    long = wav_bytes(np.zeros(16000 * 8, np.float32) + 0.01, 16000)
+    too_long = httpx.post(server.url + "/v1/embeddings", headers=AUTH,
+                          files=[("file", (f"{i}.wav", long, "audio/wav")) for i in range(3)])
+    assert too_long.status_code == 413, too_long.text  # 24 s in all, against 20
+    tiny_clip = wav_bytes(np.zeros(1600, np.float32) + 0.01, 16000)
+    too_many = httpx.post(server.url + "/v1/embeddings", headers=AUTH,
+                          files=[("file", (f"{i}.wav", tiny_clip, "audio/wav")) for i in range(17)])
+    assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "too_many_files"
+
+
 def test_concurrent_requests_are_batched(server, speech):
     async def many():
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=120) as client:
