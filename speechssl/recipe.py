@@ -6,6 +6,12 @@ command, with the recipe's paths and settings as overrides; a finished stage is
 recorded in ``out_dir/stages.json`` and skipped on the next run, and an unfinished
 training stage resumes from its ``resume.pt``. So after a kill the same command goes on
 where it stopped, losing at most one checkpoint interval.
+
+Every head is trained from the self-supervised encoder the pretrain stage makes, on
+synthetic and real speech (``speechssl.data.real``'s splits; their held-out speakers are
+in no stage but evaluate). The speaker head reads that encoder's frozen layers; CTC
+fine-tunes a copy, and the packaged file holds the encoder once plus the weights CTC
+changed (``speechssl.models.build.with_ctc_encoder``), so embeddings stay self-supervised.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Any
 
 import torch
 
-from speechssl.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from speechssl.checkpoint import LM_KEY, Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from speechssl.config import ConfigError, load_config, to_dict
+from speechssl.data.real import FSDD_TEST_SPEAKER
 
 log = logging.getLogger("speechssl.recipe")
 
@@ -39,20 +46,19 @@ class DataSources:
     corpus_hours: float = 10.0  # synthetic speech, all splits
     gpu_corpus_hours: float = 50.0
     corpus_seed: int = 0
-    # Where the real audio is on this machine, and which FSDD voice to hold out: the recipe's
-    # YAML says (configs/recipes/default.yaml); no default here, as no path fits every machine.
-    librispeech: str | None = None  # a folder of real unlabeled audio (e.g. LibriSpeech clips)
-    fsdd: str | None = None  # the Free Spoken Digit Dataset's recordings folder
-    fsdd_test_speaker: str | None = None  # held out of every stage, for the digit WER on an unseen voice
+    # The real recorded speech (AN4, LJ Speech, FSDD, LibriSpeech clips; ../shared/data here):
+    # the recipe's YAML names it, as no path fits every machine.
+    real: str | None = None
+    fsdd_test_speaker: str = FSDD_TEST_SPEAKER  # held out of every stage, for the digit WER on an unseen voice
     # More synthetic training voices for the speaker stage only (`speechssl data voices`): new
     # pitch/rate settings of the corpus's training voice families; 0 adds none.
     voices: int = 400
     voices_per_speaker: int = 24
 
     def validate(self) -> None:
-        for name in ("librispeech", "fsdd", "fsdd_test_speaker"):
-            if not getattr(self, name):
-                raise ConfigError(f"data.{name}: not set; the recipe YAML names it (see configs/recipes/default.yaml)")
+        if not self.real:
+            raise ConfigError("data.real: not set; the recipe YAML names the real-speech folder "
+                              "(see configs/recipes/default.yaml)")
         if self.voices < 0 or self.voices_per_speaker < 1:
             raise ConfigError("data.voices must be >= 0 and data.voices_per_speaker >= 1")
 
@@ -99,8 +105,14 @@ class Recipe:
     def voices(self) -> Path:
         return self.out / "voices"
 
-    def manifest(self, name: str) -> str:
-        return str(self.out / "manifests" / f"{name}.jsonl")
+    def real(self, split: str) -> str:
+        """A manifest of speechssl.data.real's splits (an4-train, lj-test, fsdd-test, ...)."""
+        return str(self.out / "real" / f"{split}.jsonl")
+
+    @property
+    def model_path(self) -> Path:
+        """The evaluated model, in fp32: the speaker checkpoint with the CTC fine-tune packed in."""
+        return self.out / "model.safetensors"
 
     def best(self, stage: str) -> str:
         return str(self.out / stage / "best.safetensors")
@@ -131,7 +143,7 @@ class Recipe:
         return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
 
     def stage_data(self) -> dict[str, Any]:
-        from speechssl.data.manifest import build_manifest, write_manifest
+        from speechssl.data.real import write_real_splits
         from speechssl.data.synth import synthesize, synthesize_voices
 
         src = self.config.data
@@ -139,84 +151,112 @@ class Recipe:
         log.info("%s", synthesize(self.corpus, hours, seed=src.corpus_seed).summary())
         if src.voices:
             log.info("%s", synthesize_voices(self.voices, self.corpus, src.voices, src.voices_per_speaker).summary())
-        librispeech = build_manifest(src.librispeech, "folder")
-        write_manifest(librispeech, self.manifest("librispeech"))
-        fsdd = build_manifest(src.fsdd, "fsdd")
-        held_out = [u for u in fsdd if u.speaker == src.fsdd_test_speaker]
-        if not held_out:
-            raise ConfigError(f"data.fsdd_test_speaker: no FSDD recordings of {src.fsdd_test_speaker!r}")
-        write_manifest([u for u in fsdd if u.speaker != src.fsdd_test_speaker], self.manifest("fsdd-train"))
-        write_manifest(held_out, self.manifest("fsdd-test"))
-        return {"corpus_hours": hours, "librispeech_utterances": len(librispeech), "fsdd_utterances": len(fsdd),
-                "voices": src.voices}
+        try:
+            real = write_real_splits(src.real, self.out / "real", src.fsdd_test_speaker)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"data.real: {exc}") from None
+        return {"corpus_hours": hours, "voices": src.voices,
+                "real": {name: split["utterances"] for name, split in real.items() if isinstance(split, dict)}}
 
-    def train_stage(self, name: str, run, paths: dict[str, Any]) -> dict[str, Any]:
+    def train_stage(self, name: str, run) -> dict[str, Any]:
         """A training command (``run``: run_pretrain, run_finetune_ctc, ...) on the recipe's paths."""
         stage: StageConfig = getattr(self.config, name)
-        summary = run(stage.config, self.stage_overrides(stage, paths), resume=self.started(name))
+        summary = run(stage.config, self.stage_overrides(stage, self.stage_paths(name)), resume=self.started(name))
         return {"step": summary.step, "best": summary.best}
+
+    def stage_paths(self, name: str) -> dict[str, Any]:
+        """The paths a training stage gets from the recipe, on top of its own config and ``set``."""
+        corpus = str(self.corpus / "train.jsonl")
+        if name == "pretrain":  # synthetic train split + every real file no evaluation holds out, no labels
+            return {"data.train": [corpus, self.real("unlabeled-real")],
+                    "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "pretrain")}
+        if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD
+            return {"init_from": self.best("pretrain"),
+                    "data.train": [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")],
+                    # Real first: validation reads a prefix (data.max_valid_utterances).
+                    "data.valid": [self.real("an4-valid"), self.real("lj-valid"), str(self.corpus / "valid.jsonl")],
+                    "run.out_dir": str(self.out / "ctc")}
+        # speaker: on the self-supervised encoder (frozen), not the CTC-tuned copy. LibriSpeech
+        # rows name their speaker only in the file name.
+        train = [corpus, self.real("librispeech"), self.real("fsdd-train"), self.real("an4-train")]
+        if self.config.data.voices:
+            train.append(str(self.voices / "train.jsonl"))
+        return {"init_from": self.best("pretrain"), "finetune_top_layers": 0, "data.train": train,
+                "data.valid": [str(self.corpus / "valid.jsonl"), self.real("an4-valid")],
+                "speaker_id_pattern": "^([0-9]+)-", "run.out_dir": str(self.out / "speaker")}
 
     def stage_pretrain(self) -> dict[str, Any]:
         from speechssl.train.pretrain import run_pretrain
 
-        return self.train_stage("pretrain", run_pretrain, {
-            "data.train": [str(self.corpus / "train.jsonl"), self.manifest("librispeech")],
-            "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "pretrain")})
+        return self.train_stage("pretrain", run_pretrain)
 
     def stage_ctc(self) -> dict[str, Any]:
         from speechssl.train.ctc import run_finetune_ctc
 
-        return self.train_stage("ctc", run_finetune_ctc, {
-            "init_from": self.best("pretrain"),
-            "data.train": [str(self.corpus / "train.jsonl"), self.manifest("fsdd-train")],
-            "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "ctc")})
+        return self.train_stage("ctc", run_finetune_ctc)
 
     def stage_speaker(self) -> dict[str, Any]:
         from speechssl.train.speaker import run_train_speaker
 
-        # On the fine-tuned encoder, so one encoder serves both heads; LibriSpeech rows name
-        # their speaker only in the file name.
-        train = [str(self.corpus / "train.jsonl"), self.manifest("librispeech"), self.manifest("fsdd-train")]
-        if self.config.data.voices:
-            train.append(str(self.voices / "train.jsonl"))
-        return self.train_stage("speaker", run_train_speaker, {
-            "init_from": self.best("ctc"),
-            "data.train": train,
-            "data.valid": [str(self.corpus / "valid.jsonl")], "speaker_id_pattern": "^([0-9]+)-",
-            "run.out_dir": str(self.out / "speaker")})
+        return self.train_stage("speaker", run_train_speaker)
 
     def stage_evaluate(self) -> dict[str, Any]:
         import speechssl
         from speechssl.data.manifest import read_manifest
-        from speechssl.decode.ctc import BeamDecoder, BeamSettings
         from speechssl.decode.ngram import write_arpa
         from speechssl.evaluation import evaluate_asr
         from speechssl.data.selection import per_speaker_subset
         from speechssl.verification import evaluate_speaker
 
-        model = speechssl.load(self.best("speaker"))
-        test = read_manifest(self.corpus / "test.jsonl")
-        results: dict[str, Any] = {"asr_test_greedy": evaluate_asr(model, test)}
-        if self.config.evaluate.lm_order > 0:
+        lm = None
+        if self.config.evaluate.lm_order > 0:  # a word n-gram of every training transcript
             arpa = self.out / f"lm-{self.config.evaluate.lm_order}gram.arpa"
-            write_arpa([u.text for u in read_manifest(self.corpus / "train.jsonl") if u.text], arpa,
-                       order=self.config.evaluate.lm_order)
-            decoder = BeamDecoder(model.vocab, BeamSettings(lm=str(arpa)))
-            results["asr_test_beam_lm"] = evaluate_asr(model, test, decoder)
-        results["digits_held_out_speaker"] = evaluate_asr(model, read_manifest(self.manifest("fsdd-test")))
-        speakers = per_speaker_subset(test, self.config.evaluate.speaker_per_speaker, seed=0)
-        results["speaker_test"] = evaluate_speaker(model, speakers)
+            texts = [u.text for name in ("an4-train", "lj-train", "fsdd-train") for u in read_manifest(self.real(name))
+                     if u.text] + [u.text for u in read_manifest(self.corpus / "train.jsonl") if u.text]
+            write_arpa(texts, arpa, order=self.config.evaluate.lm_order)
+            lm = arpa.read_bytes()
+        self.combine(lm)
+        model = speechssl.load(self.model_path)
+        tests = {"synthetic": read_manifest(self.corpus / "test.jsonl"), "an4": read_manifest(self.real("an4-test")),
+                 "lj": read_manifest(self.real("lj-test")), "fsdd": read_manifest(self.real("fsdd-test"))}
+        decoders = {"greedy": None, **({"beam_lm": model.decoder("beam_lm")} if lm else {})}
+        results: dict[str, Any] = {f"asr_{name}_{how}": evaluate_asr(model, utts, decoder)
+                                   for name, utts in tests.items() for how, decoder in decoders.items()}
+        for name in ("synthetic", "an4"):
+            speakers = per_speaker_subset(tests[name], self.config.evaluate.speaker_per_speaker, seed=0)
+            results[f"speaker_{name}"] = evaluate_speaker(model, speakers)
         atomic_write(self.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         for name, figures in results.items():
             log.info("%s: %s", name, {k: v for k, v in figures.items() if k in ("wer", "cer", "eer", "min_dcf")})
-        return {"results": str(self.out / "results.json")}
+        return {"results": str(self.out / "results.json"), "model": str(self.model_path)}
+
+    def combine(self, lm: bytes | None) -> None:
+        """model.safetensors: the speaker checkpoint (self-supervised encoder + speaker head), the
+        CTC head and the encoder weights CTC changed, and the word n-gram ``lm`` (ARPA text)."""
+        import gzip
+
+        from speechssl.decode.ctc import BeamSettings
+        from speechssl.models.build import with_ctc_encoder
+
+        speaker, ctc = load_checkpoint(self.best("speaker")), load_checkpoint(self.best("ctc"))
+        state = with_ctc_encoder(speaker, ctc)
+        metadata = {**speaker.metadata, **{k: ctc.metadata[k] for k in ("vocab", "blank_id") if k in ctc.metadata},
+                    "ctc": {k: ctc.metadata.get(k) for k in ("step", "frozen_layers", "init_from")}}
+        if lm is not None:
+            state[LM_KEY] = torch.frombuffer(bytearray(gzip.compress(lm, mtime=0)), dtype=torch.uint8)
+            settings = BeamSettings()
+            metadata["lm"] = {"order": self.config.evaluate.lm_order, "beam_size": settings.beam_size,
+                              "lm_weight": settings.lm_weight, "word_score": settings.word_score,
+                              "text": "the training transcripts (synthetic train split, AN4, LJ Speech, FSDD)"}
+        save_checkpoint(self.model_path, Checkpoint(state, ctc.model_config, metadata))
 
     def stage_package(self) -> dict[str, Any]:
-        ckpt = load_checkpoint(self.best("speaker"))
+        ckpt = load_checkpoint(self.model_path)
         results = json.loads((self.out / "results.json").read_text())
         ckpt.metadata.update({
             "kind": "default", "recipe": to_dict(self.config), "gpu": self.gpu,
             "stage_seconds": {name: s["seconds"] for name, s in self.state.items()},
+            "pretraining": self.state.get("pretrain", {}),
             "results": {name: {k: v for k, v in figures.items() if not isinstance(v, (dict, list))}
                         for name, figures in results.items()},
         })

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from speechssl.config import ConfigError, load_config
@@ -19,28 +20,28 @@ def at_repo_root(monkeypatch):
     monkeypatch.chdir(REPO)  # the recipe names configs/... relative to the repo
 
 
-def test_the_shipped_recipe_config_is_valid():
-    config = load_config(RecipeConfig, DEFAULT)
+def test_the_shipped_recipe_config_is_valid(tmp_path):
+    config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}"])
     assert config.ship_to == "speechssl/assets/default.safetensors" and config.ship_dtype == "float16"
     assert config.data.fsdd_test_speaker == "yweweler"
-    # every `set` key is a key of the stage's own config: a typo would only fail mid-recipe
+    # Every stage's config, `set` and the recipe's paths load together: a typo or a
+    # data.train_repeats that does not match the recipe's manifests would only fail mid-recipe.
     from speechssl.train.ctc import CtcConfig
     from speechssl.train.pretrain import PretrainConfig
     from speechssl.train.speaker import SpeakerConfig
 
-    for stage, cls in (("pretrain", PretrainConfig), ("ctc", CtcConfig), ("speaker", SpeakerConfig)):
-        settings = getattr(config, stage)
-        for extra in ({}, settings.gpu_set):
-            overrides = [f"{k}={json.dumps(v)}" for k, v in {**settings.set, **extra}.items()]
-            overrides += [f"init_from={json.dumps(str(DEFAULT))}"] * (stage != "pretrain")
-            load_config(cls, settings.config, overrides)
+    for gpu in (False, True):
+        recipe = Recipe(config, gpu=gpu)
+        for stage, cls in (("pretrain", PretrainConfig), ("ctc", CtcConfig), ("speaker", SpeakerConfig)):
+            paths = {**recipe.stage_paths(stage), **({"init_from": str(DEFAULT)} if stage != "pretrain" else {})}
+            load_config(cls, getattr(config, stage).config, recipe.stage_overrides(getattr(config, stage), paths))
 
 
 def test_gpu_settings_only_on_a_gpu(tmp_path):
     config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}"])
     cpu, gpu = Recipe(config, gpu=False), Recipe(config, gpu=True)
     paths = {"run.out_dir": "x"}
-    assert "optim.max_steps=600" in cpu.stage_overrides(config.pretrain, paths)
+    assert "optim.max_steps=9000" in cpu.stage_overrides(config.pretrain, paths)
     assert "optim.max_steps=20000" in gpu.stage_overrides(config.pretrain, paths)
     assert 'model.preset="base"' in gpu.stage_overrides(config.pretrain, paths)
     assert not any(o.startswith("model.preset") for o in cpu.stage_overrides(config.pretrain, paths))
@@ -77,7 +78,7 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
         pytest.skip("espeak-ng is not installed (make test installs it)")
     require_fsdd()
     import speechssl
-    from speechssl.checkpoint import read_header
+    from speechssl.checkpoint import LM_KEY, read_header
     from safetensors import safe_open
 
     out, ship = tmp_path / "recipe", tmp_path / "default.safetensors"
@@ -88,31 +89,48 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
         f"pretrain.set={{optim.max_steps: 3, data.max_valid_utterances: 4, {tiny}}}",
         f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, data.max_valid_utterances: 4, "
         f"{tiny}}}",
-        # Valid utterances interleave speaker by speaker: 4 speakers need 8 for same-speaker trials.
-        f"speaker.set={{optim.max_steps: 3, per_speaker: 2, valid_per_speaker: 4, data.max_valid_utterances: 8, "
+        # Valid utterances interleave speaker by speaker: 4 synthetic + 6 AN4 speakers need 20 for same-speaker trials.
+        f"speaker.set={{optim.max_steps: 3, per_speaker: 2, valid_per_speaker: 4, data.max_valid_utterances: 24, "
         f"{tiny}}}",
     ]
     state = run_recipe(str(DEFAULT), overrides)
     assert list(state) == list(STAGES)
     assert state["pretrain"]["step"] == state["ctc"]["step"] == state["speaker"]["step"] == 3
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"asr_test_greedy", "asr_test_beam_lm", "digits_held_out_speaker", "speaker_test"}
-    assert results["digits_held_out_speaker"]["utterances"] == 500  # one FSDD speaker, never trained on
-    speaker_test = results["speaker_test"]
+    assert set(results) == {f"asr_{name}_{how}" for name in ("synthetic", "an4", "lj", "fsdd")
+                            for how in ("greedy", "beam_lm")} | {"speaker_synthetic", "speaker_an4"}
+    assert results["asr_fsdd_greedy"]["utterances"] == 500  # one FSDD speaker, never trained on
+    assert results["asr_an4_greedy"]["utterances"] == 162 and results["asr_lj_greedy"]["utterances"] == 60
+    assert results["speaker_an4"]["trials"] > 0
+    speaker_test = results["speaker_synthetic"]
     assert speaker_test["trials"] == speaker_test["target_trials"] + speaker_test["nontarget_trials"] > 0
     assert "baselines" in speaker_test
-    fsdd_train = [json.loads(line) for line in (out / "manifests" / "fsdd-train.jsonl").read_text().splitlines()]
+    fsdd_train = [json.loads(line) for line in (out / "real" / "fsdd-train.jsonl").read_text().splitlines()]
     assert len(fsdd_train) == 1500 and "yweweler" not in {r["speaker"] for r in fsdd_train}
+    held_out = {json.loads(line)["speaker"] for line in (out / "real" / "an4-test.jsonl").read_text().splitlines()}
+    pretrain_config = json.loads((out / "pretrain" / "config.json").read_text())
+    seen = {json.loads(line).get("speaker") for path in pretrain_config["data"]["train"]
+            for line in Path(path).read_text().splitlines()}
+    assert len(held_out) == 13 and not held_out & seen
     voices = (out / "voices" / "train.jsonl").read_text().splitlines()
     assert len(voices) == 6  # 3 extra training voices, 2 utterances each, for the speaker stage
     speaker_config = json.loads((out / "speaker" / "config.json").read_text())
     assert str(out / "voices" / "train.jsonl") in speaker_config["data"]["train"]
 
     with safe_open(str(ship), framework="pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
-    assert json.loads(read_header(ship)["metadata"])["results"]["digits_held_out_speaker"]["utterances"] == 500
+        dtypes = {k: str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert dtypes.pop(LM_KEY) == "torch.uint8"  # the word n-gram, gzip'd, inside the file
+    assert set(dtypes.values()) == {"torch.float16"}
+    assert any(k.startswith("ctc_encoder.") for k in dtypes)  # the weights CTC changed, beside the encoder
+    assert json.loads(read_header(ship)["metadata"])["results"]["asr_fsdd_greedy"]["utterances"] == 500
     model = speechssl.load(ship, device="cpu")
     assert model.heads == ["embeddings", "ctc", "speaker"]
+    # Embeddings come from the pretrained encoder; CTC reads its fine-tuned copy.
+    pretrained = speechssl.load(out / "pretrain" / "best.safetensors", device="cpu")
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    assert np.allclose(model.embed(wave, 16000), pretrained.embed(wave, 16000), atol=2e-2)  # fp16 weights
+    assert model.ctc_encoder is not model.encoder and model.lm is not None
+    assert model.metadata["lm"]["order"] == 2
     # The packaged threshold is the one the speaker stage found, and the test figures were taken at it.
     assert model.speaker_threshold is not None and speaker_test["threshold"] == pytest.approx(model.speaker_threshold)
     assert set(speaker_test["at_threshold"]) == {"miss", "false_alarm"}
