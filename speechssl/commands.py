@@ -117,7 +117,8 @@ def transcribe(args: argparse.Namespace) -> None:
     model = load_model(args, "ctc")
     decoder = make_decoder(args, model)
     for path in args.files:
-        transcript = model.transcribe(str(path), decoder=decoder, timestamps=args.format != "text")
+        transcript = model.transcribe(str(path), decoder=decoder, timestamps=args.format != "text",
+                                      decoding=args.decoding)
         if args.format == "text":
             print(transcript.text)
         elif args.format == "json":
@@ -133,7 +134,7 @@ def evaluate_asr(args: argparse.Namespace) -> None:
     model = load_model(args, "ctc")
     decoder = make_decoder(args, model)
     name = "beam" if (args.beam or args.lm) else "beam_lm" if decoder is not None else "greedy"
-    scores = evaluate(model, read_manifest(args.manifest), decoder)
+    scores = evaluate(model, read_manifest(args.manifest), decoder, decoding=args.decoding)
     print_json({"checkpoint": model.name, "manifest": str(args.manifest), "decoder": name, **scores})
 
 

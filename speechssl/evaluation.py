@@ -11,8 +11,9 @@ from speechssl.metrics import error_rates
 
 
 def evaluate_asr(model: SpeechModel, utterances: list[Utterance], decoder: BeamDecoder | None = None,
-                 batch_files: int = 64) -> dict[str, float]:
-    """WER and CER (jiwer, corpus level), utterances, audio seconds and real-time factor.
+                 batch_files: int = 64, decoding: str = "auto") -> dict[str, float]:
+    """WER and CER (jiwer, corpus level), utterances, audio seconds and real-time factor,
+    decoded with ``decoder`` if given, else as ``decoding`` says (SpeechModel.decoder).
 
     The real-time factor counts decoding and audio loading: wall seconds per audio second.
     """
@@ -21,7 +22,8 @@ def evaluate_asr(model: SpeechModel, utterances: list[Utterance], decoder: BeamD
     start = time.perf_counter()
     for i in range(0, len(utterances), batch_files):
         chunk = utterances[i : i + batch_files]
-        for utt, transcript in zip(chunk, model.transcribe([u.path for u in chunk], decoder=decoder, timestamps=False)):
+        for utt, transcript in zip(chunk, model.transcribe([u.path for u in chunk], decoder=decoder, timestamps=False,
+                                                                 decoding=decoding)):
             refs.append(normalize_text(utt.text))
             hyps.append(transcript.text)
     wall = time.perf_counter() - start

@@ -219,9 +219,9 @@ class Recipe:
         model = speechssl.load(self.model_path)
         tests = {"synthetic": read_manifest(self.corpus / "test.jsonl"), "an4": read_manifest(self.real("an4-test")),
                  "lj": read_manifest(self.real("lj-test")), "fsdd": read_manifest(self.real("fsdd-test"))}
-        decoders = {"greedy": None, **({"beam_lm": model.decoder("beam_lm")} if lm else {})}
-        results: dict[str, Any] = {f"asr_{name}_{how}": evaluate_asr(model, utts, decoder)
-                                   for name, utts in tests.items() for how, decoder in decoders.items()}
+        decodings = ["greedy", "beam_lm"] if lm else ["greedy"]
+        results: dict[str, Any] = {f"asr_{name}_{how}": evaluate_asr(model, utts, decoding=how)
+                                   for name, utts in tests.items() for how in decodings}
         for name in ("synthetic", "an4"):
             speakers = per_speaker_subset(tests[name], self.config.evaluate.speaker_per_speaker, seed=0)
             results[f"speaker_{name}"] = evaluate_speaker(model, speakers)
