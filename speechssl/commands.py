@@ -33,10 +33,10 @@ def load_model(args: argparse.Namespace, head: str | None = None):
 
 
 def make_decoder(args: argparse.Namespace, model):
-    """The decoder the flags ask for: a beam decoder of their own with --beam or --lm, else the
-    model's for --decoding (its LM's beam search, or None: greedy)."""
+    """A beam decoder of the flags' own with --beam or --lm; None leaves decoding to the
+    model's --decoding (its LM's beam search, or greedy)."""
     if not (args.beam or args.lm):
-        return model.decoder(args.decoding)
+        return None
     from speechssl.decode.ctc import BeamDecoder, BeamSettings
 
     vocab = model.vocab
@@ -133,7 +133,7 @@ def evaluate_asr(args: argparse.Namespace) -> None:
 
     model = load_model(args, "ctc")
     decoder = make_decoder(args, model)
-    name = "beam" if (args.beam or args.lm) else "beam_lm" if decoder is not None else "greedy"
+    name = "beam" if decoder is not None else "beam_lm" if model.decoder(args.decoding) is not None else "greedy"
     scores = evaluate(model, read_manifest(args.manifest), decoder, decoding=args.decoding)
     print_json({"checkpoint": model.name, "manifest": str(args.manifest), "decoder": name, **scores})
 
