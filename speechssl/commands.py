@@ -61,6 +61,13 @@ def data_voices(args: argparse.Namespace) -> None:
     print(synthesize_voices(args.out, args.corpus, args.speakers, args.per_speaker, jobs=args.jobs).summary())
 
 
+def data_kokoro(args: argparse.Namespace) -> None:
+    from speechssl.data.kokoro import make_kokoro_corpus
+
+    print(make_kokoro_corpus(args.out, args.corpus, args.real, args.hours, args.test_hours, args.cache,
+                             args.voices_tarball, seed=args.seed))
+
+
 def data_manifest(args: argparse.Namespace) -> None:
     from speechssl.data.manifest import build_manifest, write_manifest
 

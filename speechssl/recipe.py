@@ -54,8 +54,15 @@ class DataSources:
     # pitch/rate settings of the corpus's training voice families; 0 adds none.
     voices: int = 400
     voices_per_speaker: int = 24
+    # Kokoro-82M speech (`speechssl data kokoro`, the optional `tts` extra) in the CTC stage:
+    # hours of its train split (0: none) and the kokoro-js tarball holding its voices.
+    kokoro_hours: float = 0.0
+    kokoro_voices: str | None = None
 
     def validate(self) -> None:
+        if self.kokoro_hours < 0 or (self.kokoro_hours and not self.kokoro_voices):
+            raise ConfigError("data.kokoro_hours must be >= 0, and data.kokoro_voices must name the kokoro-js "
+                              "tarball (npm pack kokoro-js@1.2.1) when it is above 0")
         if not self.real:
             raise ConfigError("data.real: not set; the recipe YAML names the real-speech folder "
                               "(see configs/recipes/default.yaml)")
@@ -104,6 +111,10 @@ class Recipe:
     @property
     def voices(self) -> Path:
         return self.out / "voices"
+
+    @property
+    def kokoro(self) -> Path:
+        return self.out / "kokoro"
 
     def real(self, split: str) -> str:
         """A manifest of speechssl.data.real's splits (an4-train, lj-test, fsdd-test, ...)."""
@@ -155,7 +166,13 @@ class Recipe:
             real = write_real_splits(src.real, self.out / "real", src.fsdd_test_speaker)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"data.real: {exc}") from None
-        return {"corpus_hours": hours, "voices": src.voices,
+        kokoro = None
+        if src.kokoro_hours:
+            from speechssl.data.kokoro import make_kokoro_corpus
+
+            kokoro = make_kokoro_corpus(self.kokoro, self.corpus, [self.real("an4-train"), self.real("lj-train")],
+                                        src.kokoro_hours, 0.1, self.out / "kokoro-model", src.kokoro_voices)
+        return {"corpus_hours": hours, "voices": src.voices, "kokoro": kokoro,
                 "real": {name: split["utterances"] for name, split in real.items() if isinstance(split, dict)}}
 
     def train_stage(self, name: str, run) -> dict[str, Any]:
@@ -170,9 +187,11 @@ class Recipe:
         if name == "pretrain":  # synthetic train split + every real file no evaluation holds out, no labels
             return {"data.train": [corpus, self.real("unlabeled-real")],
                     "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "pretrain")}
-        if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD
-            return {"init_from": self.best("pretrain"),
-                    "data.train": [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")],
+        if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD[, Kokoro]
+            train = [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")]
+            if self.config.data.kokoro_hours:
+                train.append(str(self.kokoro / "train.jsonl"))
+            return {"init_from": self.best("pretrain"), "data.train": train,
                     # Real first: validation reads a prefix (data.max_valid_utterances).
                     "data.valid": [self.real("an4-valid"), self.real("lj-valid"), str(self.corpus / "valid.jsonl")],
                     "run.out_dir": str(self.out / "ctc")}
