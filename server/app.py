@@ -17,7 +17,7 @@ from server import errors, logs, work
 from server.batcher import Batcher
 from server.limits import RequestLimits, body_limit
 from server.metrics import Metrics
-from server.routes import embeddings, health, speakers, transcriptions
+from server.routes import embeddings, health, live, speakers, transcriptions
 from server.settings import Settings
 
 log = logging.getLogger("speechssl.server")
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ready = False
+    app.state.live_sessions = 0
     errors.install(app)
 
     @app.middleware("http")
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(transcriptions.router)
     app.include_router(speakers.router)
+    app.include_router(live.router)
     app.add_middleware(RequestLimits, settings=settings, metrics=app.state.metrics)  # added last: outermost, sees the raw body
     return app
 

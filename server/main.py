@@ -49,7 +49,8 @@ def uvicorn_config(app, settings: Settings, **kwargs) -> uvicorn.Config:
         http=protocol, timeout_keep_alive=settings.keep_alive_s,
         limit_concurrency=cap + 1,  # a backstop: the protocol already closes connections past the cap
         h11_max_incomplete_event_size=settings.max_header_bytes, backlog=settings.backlog,
-        timeout_graceful_shutdown=settings.shutdown_grace_s, **kwargs)
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        ws="websockets-sansio", ws_max_size=settings.max_message_bytes, **kwargs)
 
 
 class GracefulServer(uvicorn.Server):
@@ -92,4 +93,4 @@ def serve(flags: dict, workers: int = 1) -> None:
 
 
 RUN_KEYS = {"host", "port", "log_level", "loop", "http", "timeout_keep_alive", "limit_concurrency",
-            "h11_max_incomplete_event_size", "backlog", "timeout_graceful_shutdown"}
+            "h11_max_incomplete_event_size", "backlog", "timeout_graceful_shutdown", "ws", "ws_max_size"}

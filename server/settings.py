@@ -35,6 +35,8 @@ class Settings(BaseSettings):
                                  "(also uvicorn's limit_concurrency); capped below the process's file limit")
     max_active_requests: int = Field(64, ge=1, description="requests being uploaded or computed at once "
                                      "(health, ready and metrics aside) before 503 + Retry-After")
+    max_live_sessions: int = Field(16, ge=1, description="open WebSocket live-transcription sessions at once")
+    max_message_bytes: int = Field(1024 * 1024, ge=1024, description="largest WebSocket message (live audio comes in many)")
     backlog: int = Field(512, ge=1, description="listen backlog: connections the kernel holds before accept")
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM, work still running after this "
                                     "(less a margin) is refused with 503 so every client gets JSON")
