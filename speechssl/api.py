@@ -6,6 +6,7 @@ list of results, computed in length-sorted, padding-aware batches.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 from typing import Literal, Sequence, Union
@@ -197,6 +198,24 @@ class SpeechModel:
         out = [self.transcript(emissions, len(wave), decoder, timestamps)
                for wave, emissions in zip(waves, self.emissions(waves))]
         return out[0] if single else out
+
+    def transcribe_live(self, chunks, sample_rate: int = SAMPLE_RATE, decoding: str = "auto"):
+        """Events (``speechssl.live``) for 16-bit PCM ``chunks`` as they arrive: word previews as
+        ``transcript.text.delta``, then ``transcript.text.done`` with the offline transcript."""
+        from speechssl.live import LivePreviews, delta_event, done_event
+
+        self.require("ctc")
+        previews, sent = LivePreviews(self, sample_rate), []
+        for chunk in itertools.chain(chunks, [None]):  # lazily: the chunks may be a live capture
+            pcm = np.zeros(0, np.int16) if chunk is None else np.asarray(chunk, dtype=np.int16)
+            sent.append(pcm)
+            for window, piece in previews.push(pcm, final=chunk is None):
+                if delta := previews.feed(window, self.emission_pieces([piece])[0]):
+                    yield delta_event(delta)
+        transcript = self.transcribe(np.concatenate(sent), sample_rate=sample_rate, decoding=decoding)
+        if rest := previews.finish():
+            yield delta_event(rest)
+        yield done_event(transcript.text, transcript.duration)
 
     def transcript(self, emissions: torch.Tensor, num_samples: int, decoder: BeamDecoder | None = None,
                    timestamps: bool = True) -> Transcript:

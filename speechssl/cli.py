@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -144,11 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Transcribe audio files of any length (long files are decoded in "
                                 "overlapping chunks). Beam search with the checkpoint's word n-gram when it carries one, "
                                 "else greedy (see --decoding).")
-    transcribe.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
+    transcribe.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...); "
+                            "with --stream one file, or - for raw 16-bit mono PCM on stdin")
     add_model_options(transcribe, "checkpoint with a CTC head (default: the shipped model)")
     transcribe.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text",
-                            help="text: one line per file; json: text, duration and words with start/end seconds")
+                            help="text: one line per file; json: text, duration and words with start/end seconds "
+                            "(with --stream: every event as a JSON line)")
     add_decoder_options(transcribe)
+    live = transcribe.add_argument_group("live (--stream)", "word previews as the audio is read, on stderr; the "
+                                         "final transcript on stdout. E.g. arecord -q -f S16_LE -r 16000 -c 1 -t raw | "
+                                         "speechssl transcribe --stream -")
+    live.add_argument("--stream", action="store_true", help="transcribe as the audio arrives")
+    live.add_argument("--server", metavar="URL", help="use a speechssl server's WebSocket route (e.g. "
+                      "http://127.0.0.1:8000) instead of loading a model here")
+    live.add_argument("--api-key", default=os.environ.get("SPEECHSSL_API_KEY"),
+                      help="the server's key (default: $SPEECHSSL_API_KEY)")
+    live.add_argument("--sample-rate", type=int, default=16000, help="of the raw PCM on stdin (default 16000)")
 
     make_lm = sub.add_parser("make-lm", help="build a word n-gram LM (ARPA) from text for beam search",
                              description="Count word n-grams in text files (one sentence per line) and/or the "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def print_json(value, indent: int | None = 2) -> None:
@@ -121,6 +122,12 @@ def recipe(args: argparse.Namespace) -> None:
 def transcribe(args: argparse.Namespace) -> None:
     from speechssl.transcript import to_srt, to_vtt
 
+    from speechssl.config import ConfigError
+
+    if args.stream:
+        return transcribe_stream(args)
+    if args.server:
+        raise ConfigError("--server needs --stream (files are transcribed here otherwise)")
     model = load_model(args, "ctc")
     decoder = make_decoder(args, model)
     for path in args.files:
@@ -132,6 +139,32 @@ def transcribe(args: argparse.Namespace) -> None:
             print_json({"file": str(path), **transcript.to_dict()}, indent=None)
         else:
             print((to_srt if args.format == "srt" else to_vtt)(transcript))
+
+
+def transcribe_stream(args: argparse.Namespace) -> None:
+    """One source, read as it comes: previews on stderr, the done text on stdout."""
+    from speechssl.client import live_transcribe, pcm_chunks
+    from speechssl.config import ConfigError
+
+    if len(args.files) != 1:
+        raise ConfigError("--stream reads one source: a file, or - for raw PCM on stdin")
+    if args.format in ("srt", "vtt"):
+        raise ConfigError("--stream gives text events; use --format text or json")
+    source = sys.stdin.buffer if str(args.files[0]) == "-" else args.files[0]
+    rate = args.sample_rate if source is sys.stdin.buffer else 16000  # files are decoded to 16 kHz first
+    chunks = pcm_chunks(source, rate)
+    if args.server:
+        events = live_transcribe(args.server, chunks, sample_rate=rate, decoding=args.decoding, api_key=args.api_key)
+    else:
+        events = load_model(args, "ctc").transcribe_live(chunks, sample_rate=rate, decoding=args.decoding)
+    for event in events:
+        if args.format == "json":
+            print(json.dumps(event), flush=True)
+        elif event["type"] == "transcript.text.delta":
+            print(event["delta"], end="", file=sys.stderr, flush=True)
+        elif event["type"] == "transcript.text.done":
+            print(file=sys.stderr)
+            print(event["text"], flush=True)
 
 
 def evaluate_asr(args: argparse.Namespace) -> None:

@@ -146,3 +146,46 @@ def test_sessions_past_the_limit_are_refused_and_a_leaving_client_frees_its_plac
         ws.send(audio[:16000].tobytes())
         ws.send(json.dumps({"type": "end"}))
         assert messages(ws)[-1]["type"] == "transcript.text.done"
+
+
+def test_client_helper_and_the_cli_stream_a_file_and_stdin(server, audio, tmp_path):
+    import subprocess
+    import sys
+
+    from speechssl.client import LiveSessionError, live_transcribe, pcm_chunks
+
+    path = tmp_path / "talk.wav"
+    path.write_bytes(wav_bytes(audio.astype(np.float32) / 32768, 16000))
+    offline = offline_text(server, audio)
+    events = list(live_transcribe(server.url, pcm_chunks(path), api_key="sekret"))
+    assert events[-1] == {"type": "transcript.text.done", "text": offline, "duration": 12.0}
+    assert sum(e["type"] == "transcript.text.delta" for e in events) >= 2
+    with pytest.raises(LiveSessionError, match="invalid_api_key"):
+        list(live_transcribe(server.url, pcm_chunks(path)))
+    # The CLI through the server, from a file; then from raw PCM on stdin, with the model loaded here.
+    cli = [sys.executable, "-m", "speechssl.cli", "transcribe", "--stream"]
+    remote = subprocess.run([*cli, "--server", server.url, "--api-key", "sekret", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout.strip() == offline and remote.stderr.split()  # previews went to stderr
+    checkpoint = server.app.state.settings.checkpoint
+    local = subprocess.run([*cli, "--checkpoint", checkpoint, "--format", "json", "-"], input=audio.tobytes(),
+                           capture_output=True, timeout=120)
+    assert local.returncode == 0, local.stderr
+    lines = [json.loads(line) for line in local.stdout.decode().splitlines()]
+    assert lines[-1]["text"] == offline and lines[-1]["duration"] == 12.0
+    assert "".join(e["delta"] for e in lines[:-1]) == "".join(e["delta"] for e in events[:-1])
+
+
+def test_transcribe_live_in_python_holds_only_the_audio_it_still_needs(server, audio):
+    from speechssl.live import LivePreviews
+
+    model = server.app.state.model
+    events = list(model.transcribe_live(audio[start:start + 800] for start in range(0, len(audio), 800)))
+    assert events[-1]["text"] == model.transcribe(audio, sample_rate=16000).text
+    previews, held = LivePreviews(model), []
+    for start in range(0, len(audio), 800):
+        for window, piece in previews.push(audio[start:start + 800]):
+            previews.feed(window, model.emission_pieces([piece])[0])
+        held.append(len(previews.audio))
+    assert max(held) <= 16000 * 4.1  # a core and its context either side, plus one chunk, of 12 s sent

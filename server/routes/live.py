@@ -2,9 +2,8 @@
 
 The client sends the audio as it is captured, in binary messages of little-endian 16-bit
 mono PCM at ``sample_rate`` (query parameter, default 16000), then the text message
-``{"type": "end"}``. While audio arrives, the server decodes each new ``PARTIAL_CORE``
-seconds (with ``PARTIAL_CONTEXT`` seconds of audio on each side) greedily and sends the
-words that are settled as ``{"type": "transcript.text.delta", "delta": ...}``. After
+``{"type": "end"}``. While audio arrives, the server decodes each new 2 s (with 1 s of
+audio on each side; ``speechssl.live``) greedily and sends the words that are settled as ``{"type": "transcript.text.delta", "delta": ...}``. After
 ``end`` it transcribes the whole recording exactly as ``POST /v1/audio/transcriptions``
 would (``decoding`` query parameter, default auto) and sends
 ``{"type": "transcript.text.done", "text": ..., "duration": ...}``: the deltas are a
@@ -25,19 +24,16 @@ import hmac
 import json
 
 import numpy as np
-import soxr
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from server import work
 from server.batcher import QueueFull, ShuttingDown
 from server.deps import cancel
 from speechssl.api import HeadMissingError
-from speechssl.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, MIN_SAMPLES, SAMPLE_RATE, AudioError, load_audio
-from speechssl.decode.ctc import GreedyTextStream
+from speechssl.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE, AudioError, load_audio
+from speechssl.live import LivePreviews, delta_event, done_event
 
 router = APIRouter()
-PARTIAL_CORE = 2.0  # seconds of new audio per preview
-PARTIAL_CONTEXT = 1.0  # seconds each side of a preview's core, for the encoder
 DECODINGS = ("auto", "greedy", "beam_lm")
 
 
@@ -45,30 +41,6 @@ class LiveError(Exception):
     def __init__(self, message: str, code: str, close: int = 1008):
         super().__init__(message)
         self.message, self.code, self.close = message, code, close
-
-
-class Previews:
-    """Greedy text of the audio so far, ``PARTIAL_CORE`` seconds at a time, as word deltas."""
-
-    def __init__(self, model):
-        self.model = model
-        stride = model.encoder.config.frame_stride
-        self.core = int(PARTIAL_CORE * SAMPLE_RATE) // stride * stride
-        self.context = int(PARTIAL_CONTEXT * SAMPLE_RATE) // stride * stride
-        self.stride = stride
-        self.next = 0  # first sample of the next core
-        self.text = GreedyTextStream(model.vocab, model.info.blank_id, model.info.silent_ids())
-
-    def ready(self, received: int, final: bool) -> tuple[int, int, int, int] | None:
-        """(left, right, keep_from, keep) of the next preview window, when its audio is in."""
-        if self.next >= received or (not final and received < self.next + self.core + self.context):
-            return None
-        left = max(0, self.next - self.context)
-        end = min(received, self.next + self.core)
-        right = min(received, end + self.context)
-        keep_from, keep = (self.next - left) // self.stride, max(1, (end - self.next) // self.stride)
-        self.next = end
-        return left, right, keep_from, keep
 
 
 def authorised(websocket: WebSocket) -> bool:
@@ -134,27 +106,21 @@ async def session(websocket: WebSocket, rate: int, decoding: str, jobs: list) ->
     settings, model = websocket.app.state.settings, websocket.app.state.model
     max_input = int(settings.max_audio_seconds * rate)
     chunks: list[np.ndarray] = []  # the PCM as sent, for the final pass
-    received_input = 0
-    resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
-    live = np.zeros(0, np.float32)  # 16 kHz audio so far, for the previews
-    previews = Previews(model)
-    windows: asyncio.Queue = asyncio.Queue()  # (job, keep_from, keep) in order; None after the last
+    received = 0
+    previews = LivePreviews(model, rate)
+    windows: asyncio.Queue = asyncio.Queue()  # (job, window) in order; None after the last
 
     async def send_previews() -> None:
         while (item := await windows.get()) is not None:
-            job, keep_from, keep = item
-            emissions = await result(job)
-            delta = previews.text.feed(emissions[keep_from: keep_from + keep])
-            if delta:
-                await websocket.send_json({"type": "transcript.text.delta", "delta": delta})
+            job, window = item
+            if delta := previews.feed(window, await result(job)):
+                await websocket.send_json(delta_event(delta))
 
-    def queue_previews(final: bool) -> None:
-        while (window := previews.ready(len(live), final)) is not None:
-            left, right, keep_from, keep = window
-            if right - left >= MIN_SAMPLES:  # a shorter tail holds no frame
-                job = admit(websocket, live[left:right])
-                jobs.append(job)
-                windows.put_nowait((job, keep_from, keep))
+    def queue_previews(pcm: np.ndarray, final: bool = False) -> None:
+        for window, piece in previews.push(pcm, final):
+            job = admit(websocket, piece)
+            jobs.append(job)
+            windows.put_nowait((job, window))
 
     sender = asyncio.ensure_future(send_previews())
     try:
@@ -176,14 +142,12 @@ async def session(websocket: WebSocket, rate: int, decoding: str, jobs: list) ->
                 if len(data) % 2:
                     raise LiveError("binary messages hold 16-bit PCM: an even number of bytes", "invalid_audio")
                 pcm = np.frombuffer(data, dtype="<i2")
-                received_input += len(pcm)
-                if received_input > max_input:
+                received += len(pcm)
+                if received > max_input:
                     raise LiveError(f"more than {settings.max_audio_seconds:g} s of audio in one session",
                                     "audio_too_long")
                 chunks.append(pcm)
-                floats = pcm.astype(np.float32) / 32768.0
-                live = np.concatenate([live, floats if resampler is None else resampler.resample_chunk(floats)])
-                queue_previews(final=False)
+                queue_previews(pcm)
                 continue
             try:
                 control = json.loads(message.get("text") or "")
@@ -195,7 +159,7 @@ async def session(websocket: WebSocket, rate: int, decoding: str, jobs: list) ->
             break
         if not chunks:
             raise LiveError("no audio was sent before end", "invalid_audio")
-        queue_previews(final=True)
+        queue_previews(np.zeros(0, np.int16), final=True)
         windows.put_nowait(None)
         await sender
     finally:
@@ -207,10 +171,9 @@ async def session(websocket: WebSocket, rate: int, decoding: str, jobs: list) ->
     job = submit(websocket, ("transcribe", decoding), *work.plan(model, ("transcribe", decoding), wave))
     jobs.append(job)
     transcript = await result(job)
-    rest = previews.text.finish()
-    if rest:
-        await websocket.send_json({"type": "transcript.text.delta", "delta": rest})
-    await websocket.send_json({"type": "transcript.text.done", "text": transcript.text, "duration": transcript.duration})
+    if rest := previews.finish():
+        await websocket.send_json(delta_event(rest))
+    await websocket.send_json(done_event(transcript.text, transcript.duration))
     await websocket.close(1000)
 
 

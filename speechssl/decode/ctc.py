@@ -10,6 +10,9 @@ through a lexicon; lexicon-free it would treat the LM as one over characters).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 
 from dataclasses import dataclass
@@ -131,12 +134,13 @@ class BeamDecoder:
         lexicon = settings.lexicon
         if settings.lm is not None and lexicon is None:
             lexicon = lexicon_from_arpa(settings.lm, vocab)
-        self.decoder = ctc_decoder(
-            lexicon=lexicon, tokens=vocab, lm=settings.lm, beam_size=settings.beam_size,
-            beam_threshold=settings.beam_threshold, lm_weight=settings.lm_weight if settings.lm else 0.0,
-            word_score=settings.word_score, blank_token=BLANK, sil_token=WORD_BOUNDARY,
-            unk_word="<unk>", log_add=True,
-        )
+        with quiet_stderr():  # KenLM prints a progress bar and advice to fd 2 while it reads the LM
+            self.decoder = ctc_decoder(
+                lexicon=lexicon, tokens=vocab, lm=settings.lm, beam_size=settings.beam_size,
+                beam_threshold=settings.beam_threshold, lm_weight=settings.lm_weight if settings.lm else 0.0,
+                word_score=settings.word_score, blank_token=BLANK, sil_token=WORD_BOUNDARY,
+                unk_word="<unk>", log_add=True,
+            )
         self.vocab = vocab
         self.blank_id = vocab.index(BLANK)
         self.lock = threading.Lock()  # flashlight's decoder keeps per-call state: one call at a time
@@ -150,6 +154,20 @@ class BeamDecoder:
         # merge again, or "ll" in "hello" would become one letter.
         chars = "".join(self.vocab[t] for t in hyps[0].tokens.tolist() if t != self.blank_id)
         return " ".join(chars.replace(WORD_BOUNDARY, " ").split())
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 to /dev/null for a while: C++ code writes there past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def lm_decoder(vocab: list[str], arpa_gzip: bytes, settings: dict | None = None) -> BeamDecoder:
