@@ -17,7 +17,7 @@ from server import errors, logs, work
 from server.batcher import Batcher
 from server.limits import RequestLimits, body_limit
 from server.metrics import Metrics
-from server.routes import embeddings, health, live, speakers, transcriptions
+from server.routes import embeddings, health, live, speakers, transcriptions, vad
 from server.settings import Settings
 
 log = logging.getLogger("speechssl.server")
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs.install_filters(limit)
         asyncio.get_running_loop().set_exception_handler(logs.loop_exception_handler(limit))
         app.state.model = model
+        app.state.vad_worker = asyncio.Semaphore(1)
         app.state.batcher = Batcher(
             work.run_batch(model), max_batch_seconds=model.max_batch_seconds, max_batch_items=settings.max_batch_items,
             max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transcriptions.router)
     app.include_router(speakers.router)
     app.include_router(live.router)
+    app.include_router(vad.router)
     app.add_middleware(RequestLimits, settings=settings, metrics=app.state.metrics)  # added last: outermost, sees the raw body
     return app
 

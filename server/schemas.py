@@ -100,3 +100,14 @@ class SpeakerVerification(BaseModel):
     score: float  # cosine similarity of the two speaker vectors
     threshold: float
     same_speaker: bool
+
+
+class SpeechTimestamp(BaseModel):
+    start: float  # seconds
+    end: float
+
+
+class SpeechTimestamps(BaseModel):
+    duration: float  # seconds of audio
+    backend: str  # the detector: silero or energy
+    segments: list[SpeechTimestamp]

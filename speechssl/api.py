@@ -185,9 +185,11 @@ class SpeechModel:
         return self._lm_decoder
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,
-                   decoder: BeamDecoder | None = None, timestamps: bool = True, decoding: str = "auto"):
+                   decoder: BeamDecoder | None = None, timestamps: bool = True, decoding: str = "auto",
+                   vad: "VadSettings | None" = None):
         """Transcript(text, words, duration) per input, decoded with ``decoder`` if given, else as
         ``decoding`` says (see ``decoder``: by default beam + LM when the checkpoint carries one).
+        ``vad`` (``speechssl.vad.VadSettings``): transcribe only the voiced segments, each alone.
 
         Audio of any length: long inputs are encoded in overlapping chunks (see ``emissions``).
         """
@@ -195,8 +197,16 @@ class SpeechModel:
         decoder = decoder if decoder is not None else self.decoder(decoding)
         single = not isinstance(audio, (list, tuple))
         waves = [load_audio(a, sample_rate) for a in ([audio] if single else audio)]
-        out = [self.transcript(emissions, len(wave), decoder, timestamps)
-               for wave, emissions in zip(waves, self.emissions(waves))]
+        if vad is not None:  # each voiced segment on its own; the pauses are never encoded
+            from speechssl.vad import speech_segments, voiced_pieces
+
+            out = [Transcript.join([(start / SAMPLE_RATE, self.transcribe(piece, SAMPLE_RATE, decoder, timestamps))
+                                    for start, piece in voiced_pieces(wave, speech_segments(wave, vad))],
+                                   round(len(wave) / SAMPLE_RATE, 3))
+                   for wave in waves]
+        else:
+            out = [self.transcript(emissions, len(wave), decoder, timestamps)
+                   for wave, emissions in zip(waves, self.emissions(waves))]
         return out[0] if single else out
 
     def transcribe_live(self, chunks, sample_rate: int = SAMPLE_RATE, decoding: str = "auto"):

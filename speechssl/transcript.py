@@ -49,6 +49,13 @@ class Transcript:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def join(cls, parts: list[tuple[float, "Transcript"]], duration: float) -> "Transcript":
+        """One transcript from those of pieces of a recording, each with its start (seconds)."""
+        words = [Word(w.text, round(w.start + offset, 3), round(w.end + offset, 3), w.probability)
+                 for offset, part in parts for w in part.words]
+        return cls(" ".join(part.text for _, part in parts if part.text), words, duration)
+
     def segments(self, max_words: int = 12, max_gap: float = 1.0) -> list[Segment]:
         """Runs of up to ``max_words`` words, broken at pauses over ``max_gap`` s."""
         runs: list[list[Word]] = []

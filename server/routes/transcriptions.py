@@ -8,23 +8,28 @@ model's word n-gram when the checkpoint carries one, else greedy; ``greedy``; ``
 by window. ``include[]=logprobs`` adds each word's
 log-probability (json). verbose_json segments carry OpenAI's fields: ``avg_logprob`` and
 ``compression_ratio`` measured, ``tokens`` the CTC ids, ``seek`` the start in centiseconds,
-``temperature`` and ``no_speech_prob`` constant 0. Fields this route does not declare
-(OpenAI's ``chunking_strategy`` ...) get a 400 naming them.
+``temperature`` and ``no_speech_prob`` constant 0. ``chunking_strategy`` (``auto`` or
+``server_vad``) transcribes each voiced segment alone (server/routes/vad.py). Fields this
+route does not declare get a 400 naming them.
 ``/v1/audio/translations`` answers a 400: the model is English-only.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from server.deps import known_fields_only, read_upload, require_head, submit
+from server.deps import known_fields_only, read_upload, require_head, submit, submit_all
+from server.routes.vad import detect, vad_settings
 from server.errors import ApiError
 from server.schemas import Transcription, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
 from server.streaming import stream_transcription
+from speechssl.audio import SAMPLE_RATE
 from speechssl.decode.ctc import encode_text
+from speechssl.vad import VadSettings, voiced_pieces
 from speechssl.transcript import Transcript, to_srt, to_vtt
 
 router = APIRouter(dependencies=[Depends(known_fields_only)])
@@ -55,6 +60,14 @@ async def transcriptions(
         "auto", description="auto: beam search with the model's word n-gram when it carries one, else greedy"),
     include: list[Literal["logprobs"]] = Form(
         [], alias="include[]", description="logprobs: each word's log-probability (response_format json)"),
+    chunking_strategy: str | None = Form(
+        None, description='"auto" (voiced segments, 300 ms prefix, 500 ms pauses), or a JSON object '
+                          '{"type": "server_vad", "threshold", "prefix_padding_ms", "silence_duration_ms"}'),
+    vad_type: Literal["server_vad"] | None = Form(None, alias="chunking_strategy[type]",
+                                                  description="the openai client's form of the object"),
+    vad_threshold: float | None = Form(None, alias="chunking_strategy[threshold]"),
+    vad_prefix_padding_ms: int | None = Form(None, alias="chunking_strategy[prefix_padding_ms]"),
+    vad_silence_duration_ms: int | None = Form(None, alias="chunking_strategy[silence_duration_ms]"),
 ):
     require_head(request, "ctc")
     if language is not None and language.lower() not in ENGLISH:
@@ -75,10 +88,20 @@ async def transcriptions(
     if stream and decoding == "beam_lm":
         raise ApiError(400, "stream=true decodes greedily, window by window; decoding=beam_lm cannot stream",
                        code="invalid_stream_decoding")
+    vad = chunking(chunking_strategy, vad_type, vad_threshold, vad_prefix_padding_ms, vad_silence_duration_ms)
+    if stream and vad is not None:
+        raise ApiError(400, "stream=true reads the file window by window; chunking_strategy cannot stream",
+                       code="invalid_stream_chunking")
     wave = await read_upload(request, file)
     if stream:
         return stream_transcription(request, wave)
-    transcript: Transcript = await submit(request, ("transcribe", decoding), wave)
+    if vad is None:
+        transcript: Transcript = await submit(request, ("transcribe", decoding), wave)
+    else:  # each voiced segment alone, through the batcher together; the pauses are never encoded
+        pieces = voiced_pieces(wave, await detect(request, wave, vad))
+        parts = await submit_all(request, [(("transcribe", decoding), piece) for _, piece in pieces])
+        transcript = Transcript.join([(start / SAMPLE_RATE, part) for (start, _), part in zip(pieces, parts)],
+                                     round(len(wave) / SAMPLE_RATE, 3))
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")
     if response_format == "srt":
@@ -99,6 +122,41 @@ async def transcriptions(
         if "word" in timestamp_granularities else None,
     )
     return JSONResponse(verbose.model_dump(exclude_none=True))
+
+
+# OpenAI's server_vad defaults; "auto" waits longer before it ends a segment, since each
+# segment is decoded alone and a cut inside a sentence costs its words their context.
+SERVER_VAD = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 200}
+AUTO_VAD = {**SERVER_VAD, "silence_duration_ms": 500}
+
+
+def chunking(strategy: str | None, kind: str | None, threshold: float | None, prefix_padding_ms: int | None,
+             silence_duration_ms: int | None) -> VadSettings | None:
+    """The VAD settings that chunking_strategy asks for (None: none), in either of its forms."""
+    given = {"threshold": threshold, "prefix_padding_ms": prefix_padding_ms, "silence_duration_ms": silence_duration_ms}
+    if strategy is not None and (kind is not None or any(v is not None for v in given.values())):
+        raise ApiError(400, "send chunking_strategy either as one field or as chunking_strategy[...] fields",
+                       code="invalid_chunking_strategy")
+    if strategy is not None and strategy.strip() == "auto":
+        return vad_settings(**AUTO_VAD)
+    if strategy is not None:
+        try:
+            given = json.loads(strategy)
+        except ValueError:
+            given = None
+        if not isinstance(given, dict) or given.get("type") != "server_vad":
+            raise ApiError(400, 'chunking_strategy must be "auto" or {"type": "server_vad", ...}',
+                           code="invalid_chunking_strategy")
+        kind = given.pop("type")
+        unknown = sorted(set(given) - set(SERVER_VAD))
+        if unknown:
+            raise ApiError(400, f"chunking_strategy: unknown key {unknown[0]!r}; server_vad takes "
+                           f"{', '.join(SERVER_VAD)}", code="invalid_chunking_strategy")
+    elif kind is None:
+        if any(v is not None for v in given.values()):
+            raise ApiError(400, "chunking_strategy[type] is missing (server_vad)", code="invalid_chunking_strategy")
+        return None
+    return vad_settings(**{**SERVER_VAD, **{k: v for k, v in given.items() if v is not None}})
 
 
 @router.post("/v1/audio/translations", summary="not served: this model transcribes English only",
