@@ -17,7 +17,7 @@ from server import errors, logs, work
 from server.batcher import Batcher
 from server.limits import RequestLimits, body_limit
 from server.metrics import Metrics
-from server.routes import embeddings, health, live, speakers, transcriptions, vad
+from server.routes import diarization, embeddings, health, live, speakers, transcriptions, vad
 from server.settings import Settings
 
 log = logging.getLogger("speechssl.server")
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(speakers.router)
     app.include_router(live.router)
     app.include_router(vad.router)
+    app.include_router(diarization.router)
     app.add_middleware(RequestLimits, settings=settings, metrics=app.state.metrics)  # added last: outermost, sees the raw body
     return app
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -111,3 +113,32 @@ class SpeechTimestamps(BaseModel):
     duration: float  # seconds of audio
     backend: str  # the detector: silero or energy
     segments: list[SpeechTimestamp]
+
+
+class SpeakerTurn(BaseModel):
+    start: float  # seconds
+    end: float
+    speaker: str  # A, B, ... in order of first appearance, or an enrolled speaker's name
+
+
+class Diarization(BaseModel):
+    duration: float
+    speakers: list[str]
+    turns: list[SpeakerTurn]
+
+
+class DiarizedSegment(BaseModel):
+    """OpenAI's TranscriptionDiarizedSegment: one speaker turn and what was said in it."""
+    id: str
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    start: float
+    end: float
+    speaker: str
+    text: str
+
+
+class TranscriptionDiarized(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]

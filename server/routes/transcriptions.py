@@ -10,7 +10,9 @@ log-probability (json). verbose_json segments carry OpenAI's fields: ``avg_logpr
 ``compression_ratio`` measured, ``tokens`` the CTC ids, ``seek`` the start in centiseconds,
 ``temperature`` and ``no_speech_prob`` constant 0. ``chunking_strategy`` (``auto`` or
 ``server_vad``) transcribes each voiced segment alone (server/routes/vad.py). Fields this
-route does not declare get a 400 naming them.
+route does not declare get a 400 naming them. ``response_format=diarized_json`` (needs a
+speaker head too) is OpenAI's diarized shape: each speaker turn (server/routes/diarization.py)
+transcribed alone, with ``known_speaker_names[]``/``known_speaker_references[]`` enrolment.
 ``/v1/audio/translations`` answers a 400: the model is English-only.
 """
 
@@ -23,11 +25,12 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server.deps import known_fields_only, read_upload, require_head, submit, submit_all
+from server.routes.diarization import known_speakers, speaker_turns
 from server.routes.vad import detect, vad_settings
 from server.errors import ApiError
-from server.schemas import Transcription, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
+from server.schemas import DiarizedSegment, Transcription, TranscriptionDiarized, TranscriptionSegment, TranscriptionVerbose, TranscriptionWord
 from server.streaming import stream_transcription
-from speechssl.audio import SAMPLE_RATE
+from speechssl.audio import MIN_SAMPLES, SAMPLE_RATE
 from speechssl.decode.ctc import encode_text
 from speechssl.vad import VadSettings, voiced_pieces
 from speechssl.transcript import Transcript, to_srt, to_vtt
@@ -36,7 +39,7 @@ router = APIRouter(dependencies=[Depends(known_fields_only)])
 
 ENGLISH = {"en", "english"}  # the character vocabulary is a-z and the apostrophe
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 
 
 @router.post(
@@ -68,6 +71,10 @@ async def transcriptions(
     vad_threshold: float | None = Form(None, alias="chunking_strategy[threshold]"),
     vad_prefix_padding_ms: int | None = Form(None, alias="chunking_strategy[prefix_padding_ms]"),
     vad_silence_duration_ms: int | None = Form(None, alias="chunking_strategy[silence_duration_ms]"),
+    known_speaker_names: list[str] = Form([], alias="known_speaker_names[]",
+                                          description="diarized_json: enrolled speakers' names"),
+    known_speaker_references: list[str] = Form([], alias="known_speaker_references[]",
+                                               description="diarized_json: one data URL audio clip per name"),
 ):
     require_head(request, "ctc")
     if language is not None and language.lower() not in ENGLISH:
@@ -88,6 +95,14 @@ async def transcriptions(
     if stream and decoding == "beam_lm":
         raise ApiError(400, "stream=true decodes greedily, window by window; decoding=beam_lm cannot stream",
                        code="invalid_stream_decoding")
+    if response_format == "diarized_json":
+        require_head(request, "speaker")
+        if stream or include or timestamp_granularities:
+            raise ApiError(400, "diarized_json takes neither stream, include[] nor timestamp_granularities[]",
+                           code="invalid_diarized_request")
+    elif known_speaker_names or known_speaker_references:
+        raise ApiError(400, "known_speaker_names[] and known_speaker_references[] need response_format=diarized_json",
+                       code="invalid_known_speakers")
     vad = chunking(chunking_strategy, vad_type, vad_threshold, vad_prefix_padding_ms, vad_silence_duration_ms)
     if stream and vad is not None:
         raise ApiError(400, "stream=true reads the file window by window; chunking_strategy cannot stream",
@@ -95,6 +110,8 @@ async def transcriptions(
     wave = await read_upload(request, file)
     if stream:
         return stream_transcription(request, wave)
+    if response_format == "diarized_json":
+        return await diarized(request, wave, decoding, known_speaker_names, known_speaker_references)
     if vad is None:
         transcript: Transcript = await submit(request, ("transcribe", decoding), wave)
     else:  # each voiced segment alone, through the batcher together; the pauses are never encoded
@@ -122,6 +139,19 @@ async def transcriptions(
         if "word" in timestamp_granularities else None,
     )
     return JSONResponse(verbose.model_dump(exclude_none=True))
+
+
+async def diarized(request: Request, wave, decoding: str, names: list[str], references: list[str]) -> JSONResponse:
+    """OpenAI's diarized_json: each speaker turn transcribed on its own."""
+    turns = await speaker_turns(request, wave, None, await known_speakers(request, names, references))
+    pieces = [wave[int(t.start * SAMPLE_RATE): int(t.end * SAMPLE_RATE)] for t in turns]
+    kept = [(t, p) for t, p in zip(turns, pieces) if len(p) >= MIN_SAMPLES]
+    parts = await submit_all(request, [(("transcribe", decoding), p) for _, p in kept])
+    segments = [DiarizedSegment(id=f"seg_{i}", start=t.start, end=t.end, speaker=t.speaker, text=part.text)
+                for i, ((t, _), part) in enumerate(zip(kept, parts))]
+    body = TranscriptionDiarized(duration=round(len(wave) / SAMPLE_RATE, 3),
+                                 text=" ".join(seg.text for seg in segments if seg.text), segments=segments)
+    return JSONResponse(body.model_dump())
 
 
 # OpenAI's server_vad defaults; "auto" waits longer before it ends a segment, since each
