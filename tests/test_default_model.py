@@ -117,6 +117,53 @@ def test_serve_without_a_checkpoint_answers_every_head(tmp_path):
         other = httpx.post(url + "/v1/speakers/verify", timeout=60,
                            files={"file_a": clip("an119-fmjc-b.flac"), "file_b": clip("LJ002-0198.flac")}).json()
         assert same["same_speaker"] is True and other["same_speaker"] is False, (same, other)
+
+        # Who spoke when: LJ, AN4 fmjc and an espeak voice taking turns.
+        if shutil.which("espeak-ng"):
+            audio, truth = conversation(tmp_path)
+            body = httpx.post(url + "/v1/audio/transcriptions", timeout=120, data={"response_format": "diarized_json"},
+                              files={"file": ("talk.wav", audio, "audio/wav")}).json()
+            segments = body["segments"]
+            assert len({s["speaker"] for s in segments}) == 3, segments
+            starts = [s["start"] for s in segments]
+            ends = [s["end"] for s in segments]
+            for start, end, _ in truth:  # every turn's edges found within 0.5 s
+                assert min(abs(start - x) for x in starts) <= 0.5 and min(abs(end - x) for x in ends) <= 0.5, segments
+            # The same speaker's turns get the same label, different speakers' different ones.
+            label: dict[str, set] = {}
+            for a, _, who in truth:
+                label.setdefault(who, set()).update(s["speaker"] for s in segments if abs(s["start"] - a) <= 0.5)
+            assert all(len(v) == 1 for v in label.values()) and len(set().union(*label.values())) == 3, label
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def conversation(tmp_path):
+    """WAV bytes of six turns by three voices with 0.6 s pauses, and (start, end, who) per turn."""
+    import io
+
+    import soundfile as sf
+
+    from speechssl.audio import load_audio
+
+    voice = Speaker("espeak", "en-us+f3", 60, 150)
+    rendered = render(tmp_path, voice, [(f"wav/{voice.id}/e{i}.wav", text) for i, text in enumerate(SENTENCES[:2])])
+    espeak = [load_audio(tmp_path / rel) for rel, _, _ in rendered]
+
+    def trimmed(name):  # AN4 recordings hold silence: the turn is the voiced part
+        wave = load_audio(REAL / name)
+        loud = np.flatnonzero(np.abs(wave) > 0.1 * np.abs(wave).max())
+        return wave[max(0, loud[0] - 800): loud[-1] + 800]
+
+    turns = [(load_audio(REAL / "LJ002-0198.flac"), "lj"), (trimmed("an117-fmjc-b.flac"), "fmjc"),
+             (espeak[0], "espeak"), (load_audio(REAL / "LJ002-0155.flac"), "lj"), (espeak[1], "espeak"),
+             (trimmed("an119-fmjc-b.flac"), "fmjc")]
+    parts, truth, pos = [np.zeros(8000, np.float32)], [], 0.5
+    for wave, who in turns:
+        parts += [wave, np.zeros(9600, np.float32)]
+        truth.append((pos, pos + len(wave) / 16000, who))
+        pos += len(wave) / 16000 + 0.6
+    out = io.BytesIO()
+    sf.write(out, np.concatenate(parts), 16000, format="WAV", subtype="PCM_16")
+    return out.getvalue(), truth
