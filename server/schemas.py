@@ -93,9 +93,15 @@ class TranscriptionVerbose(BaseModel):
     words: list[TranscriptionWord] | None = None  # only when word timestamps were asked for, as OpenAI does
 
 
-class SpeakerEmbedding(BaseModel):
+class SpeakerVector(BaseModel):
+    index: int  # the file's position in the request
     embedding: list[float]
+
+
+class SpeakerEmbedding(BaseModel):
+    embedding: list[float]  # the first file's vector
     dim: int
+    data: list[SpeakerVector]  # every file's, in order
 
 
 class SpeakerVerification(BaseModel):

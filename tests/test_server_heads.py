@@ -177,6 +177,14 @@ def test_speaker_embed_and_verify(server, clips):
     same = httpx.post(server.url + VERIFY, headers=AUTH,
                       files={"file_a": ("a.wav", clips[0].read_bytes()), "file_b": ("b.wav", clips[0].read_bytes())})
     assert same.json()["score"] == pytest.approx(1.0, abs=1e-4) and same.json()["same_speaker"]
+    # Several files in one request: a vector each, in order, equal to one file per request.
+    several = httpx.post(server.url + SPEAKER_EMBED, headers=AUTH,
+                         files=[("file", (p.name, p.read_bytes())) for p in (clips[5], clips[0])]).json()
+    assert [d["index"] for d in several["data"]] == [0, 1] and several["embedding"] == several["data"][0]["embedding"]
+    assert np.dot(several["data"][1]["embedding"], vector["embedding"]) == pytest.approx(1.0, abs=1e-4)
+    too_many = httpx.post(server.url + SPEAKER_EMBED, headers=AUTH,
+                          files=[("file", ("a.wav", clips[0].read_bytes()))] * 17)
+    assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "too_many_files"
 
 
 @needs_speaker_head

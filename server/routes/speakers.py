@@ -5,18 +5,22 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 
-from server.deps import known_fields_only, read_upload, require_head, submit, submit_all
+from server.deps import known_fields_only, read_upload, read_uploads, require_head, submit_all
 from server.errors import ApiError
-from server.schemas import SpeakerEmbedding, SpeakerVerification
+from server.schemas import SpeakerEmbedding, SpeakerVector, SpeakerVerification
 
 router = APIRouter(dependencies=[Depends(known_fields_only)])
 
 
-@router.post("/v1/speakers/embed", response_model=SpeakerEmbedding, summary="a unit-length speaker vector")
-async def embed(request: Request, file: UploadFile = File(..., description="audio of one speaker")) -> SpeakerEmbedding:
+@router.post("/v1/speakers/embed", response_model=SpeakerEmbedding, summary="unit-length speaker vectors")
+async def embed(request: Request, file: list[UploadFile] = File(
+        ..., description="audio of one speaker; repeat the part for several files (at most max_files, "
+                         "sharing the upload and audio limits)")) -> SpeakerEmbedding:
     require_head(request, "speaker")
-    vector = await submit(request, ("speaker",), await read_upload(request, file))
-    return SpeakerEmbedding(embedding=vector.tolist(), dim=int(vector.shape[0]))
+    waves = await read_uploads(request, file)
+    vectors = await submit_all(request, [(("speaker",), wave) for wave in waves])  # batched together
+    return SpeakerEmbedding(embedding=vectors[0].tolist(), dim=int(vectors[0].shape[0]),
+                            data=[SpeakerVector(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)])
 
 
 @router.post("/v1/speakers/verify", response_model=SpeakerVerification,
