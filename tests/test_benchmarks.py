@@ -40,3 +40,14 @@ def test_pretrain_throughput_times_the_configurations_it_is_asked_for(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["configuration"] for r in rows] == ["log-mel + hubert, 4 x 256"]
     assert rows[0]["audio_s_per_wall_s"] > 0 and rows[0]["vs_today"] is None  # no baseline row was timed
+
+
+def test_streaming_benchmark_reports_sse_and_websocket_figures(tmp_path):
+    """The shipped model on a real server, 5 s of real speech, once each way."""
+    out = tmp_path / "streaming.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/streaming.py"), "--seconds", "5", "--repeats", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["sse"]["first_delta_s"] <= report["sse"]["done_s"]
+    assert report["websocket"]["first_delta_s"] > 0 and report["websocket"]["end_to_done_s"] > 0
