@@ -171,7 +171,7 @@ class Recipe:
             from speechssl.data.kokoro import make_kokoro_corpus
 
             kokoro = make_kokoro_corpus(self.kokoro, self.corpus, [self.real("an4-train"), self.real("lj-train")],
-                                        src.kokoro_hours, 0.1, self.out / "kokoro-model", src.kokoro_voices)
+                                        src.kokoro_hours, 0.0, self.out / "kokoro-model", src.kokoro_voices)
         return {"corpus_hours": hours, "voices": src.voices, "kokoro": kokoro,
                 "real": {name: split["utterances"] for name, split in real.items() if isinstance(split, dict)}}
 
