@@ -519,3 +519,57 @@ def test_a_cache_entry_and_serve_checkpoint_on_a_transformers_folder(tmp_path):
     assert answer.status_code == 200 and answer.json()["text"] == expected
     with pytest.raises(HfInteropError, match="no config.json"):
         import_hf(tmp_path / "hub", tmp_path / "x.safetensors")
+
+
+# --------------------------------------------------------------------------- other families
+
+
+def hubert_random(cls, cfg: ModelConfig, seed: int, **extra):
+    """A transformers HuBERT model (bare or CTC) with ``cfg``'s architecture, jittered weights."""
+    from speechssl.interop.hf_config import CONFIG_FIELDS
+
+    fields = {hf: getattr(cfg, ours) for ours, hf in CONFIG_FIELDS if not hf.startswith(("num_codevector", "codevector",
+                                                                                             "proj_codevector"))}
+    torch.manual_seed(seed)
+    model = cls(transformers.HubertConfig(**fields, feat_extract_activation="gelu", hidden_act="gelu", **extra)).eval()
+    jitter(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny", "large-style"])  # group norm + post-LN; layer norm + stable pre-LN
+def test_hubert_imports_and_every_layer_matches(tmp_path, name):
+    cfg = configs()[name]
+    hf = hubert_random(transformers.HubertModel, cfg, seed=5)
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    ckpt = import_hf(tmp_path / "hf", tmp_path / "ours.safetensors")
+    assert ckpt.metadata["source"]["family"] == "hubert"
+    _, encoder = load_ours(tmp_path / "ours.safetensors")
+    assert_layers_match(encoder, hf, cfg)
+
+
+def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
+    import speechssl
+
+    cfg = configs()["tiny"]
+    hf = hubert_random(transformers.HubertForCTC, cfg, seed=13, vocab_size=len(VOCAB), pad_token_id=0)
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(20)
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    model = speechssl.load(import_hf(tmp_path / "hf", tmp_path / "ours.safetensors"), device="cpu")
+    waves, lengths = batch([40000, 24000], seed=4)
+    for i, n in enumerate(lengths.tolist()):
+        values, _ = hf_inputs(waves[i : i + 1], lengths[i : i + 1], cfg)
+        with torch.no_grad():
+            logits = hf(values).logits[0]
+        assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)
+
+
+def test_other_families_are_refused_by_name(tmp_path):
+    cfg = transformers.WavLMConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                   conv_dim=[32] * 7)
+    transformers.WavLMModel(cfg).save_pretrained(tmp_path / "wavlm")
+    with pytest.raises(HfInteropError, match="model_type='wavlm' \\(speechssl has the layout of wav2vec2, hubert\\)"):
+        import_hf(tmp_path / "wavlm", tmp_path / "x.safetensors")

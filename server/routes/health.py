@@ -26,5 +26,6 @@ async def models(request: Request) -> ModelList:
     model = request.app.state.model
     source = model.metadata.get("source")
     return ModelList(data=[ModelCard(id=model.name, hidden_size=model.hidden_size, num_layers=model.num_layers,
-                                     sample_rate=SAMPLE_RATE, heads=model.heads, family="wav2vec2",
+                                     sample_rate=SAMPLE_RATE, heads=model.heads,
+                                     family=source.get("family", "wav2vec2") if isinstance(source, dict) else "wav2vec2",
                                      source=source.get("format", "speechssl") if isinstance(source, dict) else "speechssl")])

@@ -1,5 +1,6 @@
 """HuggingFace transformers interop: ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` /
-``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints.
+``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints; ``HubertModel`` / ``HubertForCTC``
+folders import too (the same encoder under ``hubert.``).
 
 Our parameter names are transformers' own, so the mapping is a few renames:
 
@@ -138,10 +139,11 @@ def import_hf(hf_dir: str | Path, out_path: str | Path) -> Checkpoint:
 
 def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
     """A transformers Wav2Vec2 folder (or cache entry) as a speechssl Checkpoint, in memory."""
-    from transformers import Wav2Vec2Config
+    from transformers import AutoConfig
 
     hf_dir = resolve_hf_dir(hf_dir)
-    hf_cfg = Wav2Vec2Config.from_pretrained(str(hf_dir))
+    hf_cfg = AutoConfig.from_pretrained(str(hf_dir))
+    family = getattr(hf_cfg, "model_type", "wav2vec2")
     # transformers' feature extractor normalises by default when a folder has no preprocessor config.
     preprocessor = hf_dir / "preprocessor_config.json"
     normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
@@ -150,7 +152,9 @@ def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
     state = {}
     for key, tensor in _read_hf_weights(hf_dir).items():
         if key.startswith(_ENCODER_PARTS):
-            key = "wav2vec2." + key  # a bare Wav2Vec2Model has no prefix
+            key = "wav2vec2." + key  # a bare Wav2Vec2Model / HubertModel has no prefix
+        elif key.startswith(f"{family}."):
+            key = "wav2vec2." + key.removeprefix(f"{family}.")  # HubertForCTC: hubert.*
         state[rename_key(key, to_hf=False)] = tensor
     if "wav2vec2.masked_spec_embed" not in state:
         # transformers leaves it out when masking is off; any value will do until masking is on.
@@ -158,7 +162,7 @@ def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
         state["wav2vec2.masked_spec_embed"] = torch.rand(cfg.hidden_size, generator=generator)
     _check_weights(state, cfg, hf_dir)
 
-    metadata: dict = {"source": {"format": "transformers", "path": str(hf_dir),
+    metadata: dict = {"source": {"format": "transformers", "path": str(hf_dir), "family": family,
                                  "architectures": list(hf_cfg.architectures or [])}}
     if "ctc_head.proj.weight" in state:
         vocab = read_vocabulary(hf_dir, state["ctc_head.proj.weight"].shape[0], hf_cfg.pad_token_id)

@@ -27,6 +27,9 @@ CONFIG_FIELDS = (
     ("proj_codevector_dim", "proj_codevector_dim"),
 )
 LIST_FIELDS = {"conv_dims", "conv_kernels", "conv_strides"}
+# transformers model types with our encoder's layout; HuBERT is wav2vec 2.0's encoder without
+# the quantizer (its config has no codevector fields: ours keep their defaults).
+FAMILIES = ("wav2vec2", "hubert")
 
 
 def hf_config_from_model_config(cfg: ModelConfig, **extra):
@@ -42,8 +45,13 @@ def _check_supported(hf_cfg) -> None:
         return HfInteropError(f"unsupported transformers config: {what}")
 
     model_type = getattr(hf_cfg, "model_type", "wav2vec2")
-    if model_type != "wav2vec2":
-        raise unsupported(f"model_type={model_type!r} (only 'wav2vec2' has our layout)")
+    if model_type not in FAMILIES:
+        raise unsupported(f"model_type={model_type!r} (speechssl has the layout of {', '.join(FAMILIES)})")
+    if model_type == "hubert":
+        if not getattr(hf_cfg, "feat_proj_layer_norm", True):
+            raise unsupported("feat_proj_layer_norm=False (HuBERT without the projection's layer norm)")
+        if getattr(hf_cfg, "conv_pos_batch_norm", False):
+            raise unsupported("conv_pos_batch_norm=True (batch norm in the positional convolution)")
     for name in ("feat_extract_activation", "hidden_act"):
         if getattr(hf_cfg, name) != "gelu":
             raise unsupported(f"{name}={getattr(hf_cfg, name)!r} (speechssl uses exact 'gelu' only)")
@@ -60,14 +68,14 @@ def _check_supported(hf_cfg) -> None:
 
 
 def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfig:
-    """``transformers.Wav2Vec2Config`` -> our ModelConfig; unsupported settings raise HfInteropError.
+    """``transformers.Wav2Vec2Config`` (or ``HubertConfig``) -> our ModelConfig; unsupported settings raise HfInteropError.
 
     Training-only settings we have no field for (``final_dropout``,
     ``feat_quantizer_dropout``, loss weights) are dropped: they change no weight
     and no inference output. ``apply_spec_augment=False`` becomes masking off.
     """
     _check_supported(hf_cfg)
-    fields = {ours: getattr(hf_cfg, hf) for ours, hf in CONFIG_FIELDS}
+    fields = {ours: getattr(hf_cfg, hf) for ours, hf in CONFIG_FIELDS if hasattr(hf_cfg, hf)}
     fields.update({name: list(fields[name]) for name in LIST_FIELDS})
     if not getattr(hf_cfg, "apply_spec_augment", True):
         fields.update(mask_prob=0.0, mask_channel_prob=0.0)
