@@ -8,6 +8,7 @@
    less alike than the checkpoint's verification threshold less ``CLUSTER_MARGIN``. With enrolled speakers
    (``known``: name -> vector), a cluster takes the name of the enrolled voice it matches best
    when that score passes the threshold.
+   A cluster of fewer than ``MIN_CLUSTER`` windows joins its nearest big one.
 4. Every 10 ms voiced frame takes the label of the window whose centre is nearest; runs of
    one label are turns, and a turn shorter than ``MIN_TURN`` s joins its neighbour.
 
@@ -36,6 +37,7 @@ DEFAULT_THRESHOLD = 0.5  # cosine, when the checkpoint stores no verification th
 # (tuned on validation conversations: docs/results/diarization.md).
 CLUSTER_MARGIN = 0.15
 MAX_SPEAKERS = 20
+MIN_CLUSTER = 3  # windows (about 3 s of speech): a smaller cluster is not counted as a speaker
 
 
 class DiarizationError(SpeechSSLError, ValueError):
@@ -85,8 +87,25 @@ def cluster(vectors: np.ndarray, threshold: float, num_speakers: int | None = No
         algo = AgglomerativeClustering(n_clusters=None, distance_threshold=1.0 - threshold, metric="cosine",
                                        linkage="average")
     labels = algo.fit_predict(vectors)
+    if num_speakers is None:
+        labels = absorb_small(vectors, labels)
     order = {label: i for i, label in enumerate(dict.fromkeys(labels.tolist()))}
     return np.array([order[label] for label in labels.tolist()])
+
+
+def absorb_small(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Clusters of fewer than ``MIN_CLUSTER`` windows (a cough, a stretch of noise, one odd
+    window) join the big cluster whose mean they are closest to, when there is one."""
+    labels = labels.copy()
+    sizes = {c: int(np.sum(labels == c)) for c in set(labels.tolist())}
+    big = [c for c, n in sizes.items() if n >= MIN_CLUSTER]
+    if not big:
+        return labels
+    means = np.stack([vectors[labels == c].mean(axis=0) for c in big])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    for i in np.flatnonzero([sizes[c] < MIN_CLUSTER for c in labels.tolist()]):
+        labels[i] = big[int(np.argmax(means @ vectors[i]))]
+    return labels
 
 
 def names(vectors: np.ndarray, labels: np.ndarray, threshold: float, known: dict[str, np.ndarray] | None) -> list[str]:

@@ -33,23 +33,30 @@ def test_windows_cover_each_voiced_segment():
 
 def test_clusters_names_and_turns_from_known_vectors():
     a, b = unit([1, 0.1, 0]), unit([0, 1, 0.1])
-    noise = np.random.default_rng(0).normal(0, 0.05, (6, 3))
-    vectors = np.stack([unit(v + n) for v, n in zip([a, a, b, b, a, a], noise)])
-    segments = [SpeechSegment(0.0, 3.0), SpeechSegment(3.5, 5.0), SpeechSegment(5.5, 7.0)]
-    spans = [(0.0, 1.5), (1.5, 3.0), (3.5, 5.0), (5.5, 7.0)]
-    labels = diarize.cluster(vectors[:4], threshold=0.5)
-    assert labels.tolist() == [0, 0, 1, 1]
+    noise = np.random.default_rng(0).normal(0, 0.05, (7, 3))
+    vectors = np.stack([unit(v + n) for v, n in zip([a, a, b, b, b, a, a], noise)])
+    segments = [SpeechSegment(0.0, 3.0), SpeechSegment(3.5, 6.5), SpeechSegment(7.0, 10.0)]
+    spans = [(0.0, 1.5), (1.5, 3.0), (3.5, 5.0), (4.25, 5.75), (5.0, 6.5), (7.0, 8.5), (8.5, 10.0)]
+    assert diarize.cluster(vectors, threshold=0.5).tolist() == [0, 0, 1, 1, 1, 0, 0]
     assert diarize.cluster(vectors, 0.5, num_speakers=3).max() == 2
-    with pytest.raises(diarize.DiarizationError, match="num_speakers=7 but the audio holds speech for only 6"):
-        diarize.cluster(vectors, 0.5, num_speakers=7)
-    turns = diarize.assign(segments, spans, vectors[[0, 1, 2, 4]], threshold=0.5 + diarize.CLUSTER_MARGIN,
-                           num_speakers=None, known=None)
-    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.0, 3.0, "A"), (3.5, 5.0, "B"), (5.5, 7.0, "A")]
+    with pytest.raises(diarize.DiarizationError, match="num_speakers=8 but the audio holds speech for only 7"):
+        diarize.cluster(vectors, 0.5, num_speakers=8)
+    turns = diarize.assign(segments, spans, vectors, threshold=0.5 + diarize.CLUSTER_MARGIN, num_speakers=None,
+                           known=None)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.0, 3.0, "A"), (3.5, 6.5, "B"), (7.0, 10.0, "A")]
     # Enrolled: the cluster that matches "bob" is named so; the other keeps a letter.
-    named = diarize.assign(segments, spans, vectors[[0, 1, 2, 4]], 0.7, None, {"bob": b, "zed": unit([0, 0, 1])})
+    named = diarize.assign(segments, spans, vectors, 0.7, None, {"bob": b, "zed": unit([0, 0, 1])})
     assert [t.speaker for t in named] == ["A", "bob", "A"]
     rttm = diarize.to_rttm(named, "talk")
-    assert rttm.splitlines()[1] == "SPEAKER talk 1 3.500 1.500 <NA> <NA> bob <NA> <NA>"
+    assert rttm.splitlines()[1] == "SPEAKER talk 1 3.500 3.000 <NA> <NA> bob <NA> <NA>"
+
+
+def test_a_cluster_of_a_window_or_two_is_not_a_speaker():
+    a, b, odd = unit([1, 0.1, 0]), unit([0, 1, 0.1]), unit([0.6, 0, 1])
+    vectors = np.stack([a, a, a, odd, b, b, b])
+    labels = diarize.cluster(vectors, threshold=0.9)
+    assert labels.max() == 1 and labels[3] == labels[0]  # the odd window joins the cluster it is nearest
+    assert diarize.cluster(vectors, 0.9, num_speakers=3).max() == 2  # unless the caller asks for it
 
 
 def test_a_short_run_inside_speech_joins_its_neighbour():
