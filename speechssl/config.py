@@ -52,6 +52,9 @@ class ModelConfig:
     layer_norm_first: bool = False  # the "stable" pre-LN variant of LARGE
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
+    # 0: wav2vec 2.0's one weight-normed positional conv; N: Data2Vec-Audio's N plain convs,
+    # each with a parameter-free layer norm (transformers' num_conv_pos_embeddings there).
+    pos_conv_stack: int = 0
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1
     attention_dropout: float = 0.1

@@ -88,7 +88,7 @@ def hf_inputs(waves: torch.Tensor, lengths: torch.Tensor, cfg: ModelConfig) -> t
     return out.input_values, out.attention_mask
 
 
-def hf_hidden_states(hf_encoder, waves, lengths, cfg) -> list[list[torch.Tensor]]:
+def hf_hidden_states(hf_encoder, waves, lengths, cfg, per_item: bool = False) -> list[list[torch.Tensor]]:
     """Per item: [input to layer 1, layer 1, ..., final output] on valid frames, as ours lists them.
 
     transformers' pre-LN variant lists the last layer before its closing layer norm and
@@ -99,7 +99,7 @@ def hf_hidden_states(hf_encoder, waves, lengths, cfg) -> list[list[torch.Tensor]
         return [*out.hidden_states[:-1], out.last_hidden_state]
 
     frames = hf_encoder._get_feat_extract_output_lengths(lengths)
-    if cfg.conv_norm == "group":  # each item alone, no padding
+    if per_item or cfg.conv_norm == "group":  # each item alone, no padding
         states = []
         for i, n in enumerate(lengths.tolist()):
             values, _ = hf_inputs(waves[i : i + 1], lengths[i : i + 1], cfg)
@@ -110,11 +110,12 @@ def hf_hidden_states(hf_encoder, waves, lengths, cfg) -> list[list[torch.Tensor]
     return [[h[i, : frames[i]] for h in hidden] for i in range(len(lengths))]
 
 
-def assert_layers_match(ours_encoder: Wav2Vec2Model, hf_encoder, cfg: ModelConfig, lengths=LENGTHS) -> None:
+def assert_layers_match(ours_encoder: Wav2Vec2Model, hf_encoder, cfg: ModelConfig, lengths=LENGTHS,
+                        per_item: bool = False) -> None:
     waves, lengths = batch(lengths)
     with torch.no_grad():
         ours = ours_encoder(waves, lengths)
-        reference = hf_hidden_states(hf_encoder, waves, lengths, cfg)
+        reference = hf_hidden_states(hf_encoder, waves, lengths, cfg, per_item)
     assert len(ours.hidden_states) == cfg.num_layers + 1
     for i, ref in enumerate(reference):
         n = int(ours.lengths[i])
@@ -571,5 +572,53 @@ def test_other_families_are_refused_by_name(tmp_path):
     cfg = transformers.WavLMConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                                    conv_dim=[32] * 7)
     transformers.WavLMModel(cfg).save_pretrained(tmp_path / "wavlm")
-    with pytest.raises(HfInteropError, match="model_type='wavlm' \\(speechssl has the layout of wav2vec2, hubert\\)"):
+    with pytest.raises(HfInteropError, match="model_type='wavlm' \\(speechssl has the layout of wav2vec2, hubert, data2vec-audio\\)"):
         import_hf(tmp_path / "wavlm", tmp_path / "x.safetensors")
+
+
+def data2vec_random(cls, cfg: ModelConfig, seed: int, stack: int = 3, **extra):
+    torch.manual_seed(seed)
+    config = transformers.Data2VecAudioConfig(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.ffn_dim, conv_dim=cfg.conv_dims, conv_kernel=cfg.conv_kernels, conv_stride=cfg.conv_strides,
+        conv_bias=cfg.conv_bias, num_conv_pos_embedding_groups=cfg.pos_conv_groups, conv_pos_kernel_size=cfg.pos_conv_kernel,
+        num_conv_pos_embeddings=stack, feat_extract_activation="gelu", hidden_act="gelu", **extra)
+    model = cls(config).eval()
+    jitter(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("kernel", [19, 16])  # Data2Vec's odd default, and an even one (a frame trimmed)
+def test_data2vec_audio_imports_and_every_layer_matches(tmp_path, kernel):
+    cfg = dataclasses.replace(configs()["tiny"], conv_norm="layer", conv_bias=True, pos_conv_kernel=kernel)
+    hf = data2vec_random(transformers.Data2VecAudioModel, cfg, seed=9)
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    ckpt = import_hf(tmp_path / "hf", tmp_path / "ours.safetensors")
+    assert ckpt.metadata["source"]["family"] == "data2vec-audio" and ckpt.model_config.pos_conv_stack == 3
+    _, encoder = load_ours(tmp_path / "ours.safetensors")
+    # transformers zeroes the padding once, before its first positional conv, so its padded batch
+    # mixes padding into the frames near each item's end; ours zeroes it between the convs too.
+    # So each of our batch's items is compared with transformers run on that item alone.
+    assert_layers_match(encoder, hf, cfg, per_item=True)
+    with pytest.raises(HfInteropError, match="stacked positional convs"):
+        export_hf(tmp_path / "ours.safetensors", tmp_path / "back")
+
+
+def test_data2vec_audio_ctc_transcribes_what_transformers_decodes(tmp_path):
+    import speechssl
+
+    cfg = dataclasses.replace(configs()["tiny"], conv_norm="layer", conv_bias=True, pos_conv_kernel=19)
+    hf = data2vec_random(transformers.Data2VecAudioForCTC, cfg, seed=15, vocab_size=len(VOCAB), pad_token_id=0)
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(20)
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    model = speechssl.load(import_hf(tmp_path / "hf", tmp_path / "ours.safetensors"), device="cpu")
+    waves, lengths = batch([40000, 24000], seed=4)
+    for i, n in enumerate(lengths.tolist()):
+        values, _ = hf_inputs(waves[i : i + 1], lengths[i : i + 1], cfg)
+        with torch.no_grad():
+            logits = hf(values).logits[0]
+        assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)

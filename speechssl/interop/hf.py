@@ -1,6 +1,7 @@
 """HuggingFace transformers interop: ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` /
-``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints; ``HubertModel`` / ``HubertForCTC``
-folders import too (the same encoder under ``hubert.``).
+``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints; ``HubertModel`` / ``HubertForCTC`` and
+``Data2VecAudioModel`` / ``Data2VecAudioForCTC`` folders import too (under ``hubert.`` /
+``data2vec_audio.``; Data2Vec's stacked positional convs are ``ModelConfig.pos_conv_stack``).
 
 Our parameter names are transformers' own, so the mapping is a few renames:
 
@@ -153,8 +154,8 @@ def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
     for key, tensor in _read_hf_weights(hf_dir).items():
         if key.startswith(_ENCODER_PARTS):
             key = "wav2vec2." + key  # a bare Wav2Vec2Model / HubertModel has no prefix
-        elif key.startswith(f"{family}."):
-            key = "wav2vec2." + key.removeprefix(f"{family}.")  # HubertForCTC: hubert.*
+        elif key.startswith(prefix := family.replace("-", "_") + "."):
+            key = "wav2vec2." + key.removeprefix(prefix)  # HubertForCTC: hubert.*, Data2VecAudioForCTC: data2vec_audio.*
         state[rename_key(key, to_hf=False)] = tensor
     if "wav2vec2.masked_spec_embed" not in state:
         # transformers leaves it out when masking is off; any value will do until masking is on.
@@ -226,6 +227,9 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto
     if cfg.front_end != "conv":
         raise HfInteropError(f"{ckpt_path}: a model with the {cfg.front_end} front end has no transformers "
                              "counterpart (Wav2Vec2 reads raw waveforms); only front_end: conv models export")
+    if cfg.pos_conv_stack:
+        raise HfInteropError(f"{ckpt_path}: export-hf writes wav2vec 2.0 folders, and this model's stacked "
+                             "positional convs (pos_conv_stack) are Data2Vec-Audio's")
     layout = _pick_layout(checkpoint.state_dict, layout)
     extra = {}
     vocab = metadata.get("vocab")

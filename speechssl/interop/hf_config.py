@@ -28,8 +28,9 @@ CONFIG_FIELDS = (
 )
 LIST_FIELDS = {"conv_dims", "conv_kernels", "conv_strides"}
 # transformers model types with our encoder's layout; HuBERT is wav2vec 2.0's encoder without
-# the quantizer (its config has no codevector fields: ours keep their defaults).
-FAMILIES = ("wav2vec2", "hubert")
+# the quantizer (its config has no codevector fields: ours keep their defaults); Data2Vec-Audio
+# has layer-norm convs, a post-LN transformer and a stack of positional convs.
+FAMILIES = ("wav2vec2", "hubert", "data2vec-audio")
 
 
 def hf_config_from_model_config(cfg: ModelConfig, **extra):
@@ -55,13 +56,13 @@ def _check_supported(hf_cfg) -> None:
     for name in ("feat_extract_activation", "hidden_act"):
         if getattr(hf_cfg, name) != "gelu":
             raise unsupported(f"{name}={getattr(hf_cfg, name)!r} (speechssl uses exact 'gelu' only)")
-    if hf_cfg.feat_extract_norm not in ("group", "layer"):
+    if getattr(hf_cfg, "feat_extract_norm", "layer") not in ("group", "layer"):
         raise unsupported(f"feat_extract_norm={hf_cfg.feat_extract_norm!r} (use 'group' or 'layer')")
     if getattr(hf_cfg, "add_adapter", False):
         raise unsupported("add_adapter=True (the output adapter after the encoder is not implemented)")
     if getattr(hf_cfg, "adapter_attn_dim", None) is not None:
         raise unsupported("adapter_attn_dim is set (per-layer attention adapters, as in MMS, are not implemented)")
-    if len(hf_cfg.conv_dim) != hf_cfg.num_feat_extract_layers:
+    if len(hf_cfg.conv_dim) != getattr(hf_cfg, "num_feat_extract_layers", len(hf_cfg.conv_dim)):
         raise unsupported(
             f"num_feat_extract_layers={hf_cfg.num_feat_extract_layers} but conv_dim has {len(hf_cfg.conv_dim)} entries"
         )
@@ -76,6 +77,9 @@ def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfi
     """
     _check_supported(hf_cfg)
     fields = {ours: getattr(hf_cfg, hf) for ours, hf in CONFIG_FIELDS if hasattr(hf_cfg, hf)}
+    if hf_cfg.model_type == "data2vec-audio":
+        fields.update(pos_conv_kernel=hf_cfg.conv_pos_kernel_size, pos_conv_stack=hf_cfg.num_conv_pos_embeddings,
+                      conv_norm="layer", layer_norm_first=False)
     fields.update({name: list(fields[name]) for name in LIST_FIELDS})
     if not getattr(hf_cfg, "apply_spec_augment", True):
         fields.update(mask_prob=0.0, mask_channel_prob=0.0)
