@@ -548,11 +548,10 @@ def test_hubert_imports_and_every_layer_matches(tmp_path, name):
     assert_layers_match(encoder, hf, cfg)
 
 
-def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
+def assert_ctc_text_matches(tmp_path, hf, cfg) -> None:
+    """An imported CTC folder transcribes what transformers decodes greedily (its head made decisive)."""
     import speechssl
 
-    cfg = configs()["tiny"]
-    hf = hubert_random(transformers.HubertForCTC, cfg, seed=13, vocab_size=len(VOCAB), pad_token_id=0)
     with torch.no_grad():
         hf.lm_head.weight.mul_(20)
     save_hf_folder(tmp_path / "hf", hf, cfg)
@@ -566,6 +565,12 @@ def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
         with torch.no_grad():
             logits = hf(values).logits[0]
         assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)
+
+
+def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
+    cfg = configs()["tiny"]
+    hf = hubert_random(transformers.HubertForCTC, cfg, seed=13, vocab_size=len(VOCAB), pad_token_id=0)
+    assert_ctc_text_matches(tmp_path, hf, cfg)
 
 
 def test_other_families_are_refused_by_name(tmp_path):
@@ -605,20 +610,6 @@ def test_data2vec_audio_imports_and_every_layer_matches(tmp_path, kernel):
 
 
 def test_data2vec_audio_ctc_transcribes_what_transformers_decodes(tmp_path):
-    import speechssl
-
     cfg = dataclasses.replace(configs()["tiny"], conv_norm="layer", conv_bias=True, pos_conv_kernel=19)
     hf = data2vec_random(transformers.Data2VecAudioForCTC, cfg, seed=15, vocab_size=len(VOCAB), pad_token_id=0)
-    with torch.no_grad():
-        hf.lm_head.weight.mul_(20)
-    save_hf_folder(tmp_path / "hf", hf, cfg)
-    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
-    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), pad_token="<pad>", unk_token="<unk>")
-    tokenizer.save_pretrained(tmp_path / "hf")
-    model = speechssl.load(import_hf(tmp_path / "hf", tmp_path / "ours.safetensors"), device="cpu")
-    waves, lengths = batch([40000, 24000], seed=4)
-    for i, n in enumerate(lengths.tolist()):
-        values, _ = hf_inputs(waves[i : i + 1], lengths[i : i + 1], cfg)
-        with torch.no_grad():
-            logits = hf(values).logits[0]
-        assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)
+    assert_ctc_text_matches(tmp_path, hf, cfg)
