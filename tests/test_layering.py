@@ -20,7 +20,8 @@ from speechssl.errors import SpeechSSLError
 ROOT = Path(__file__).resolve().parents[1]
 # Signals between the server's batcher and its routes, and the HTTP answer itself: never raised to a caller.
 NOT_LIBRARY_ERRORS = {"server.batcher.QueueFull", "server.batcher.DeadlineExceeded",
-                      "server.batcher.ShuttingDown", "server.errors.ApiError"}
+                      "server.batcher.ShuttingDown", "server.errors.ApiError",
+                      "server.routes.live.LiveError"}  # LiveError: a WebSocket close with its code
 
 
 def all_modules() -> list[str]:
@@ -117,8 +118,9 @@ LAYERS = [
     ("speechssl.errors",),
     ("speechssl.audio", "speechssl.config", "speechssl.config_files", "speechssl.checkpoint", "speechssl.transcript",
      "speechssl.metrics", "speechssl.device"),
-    ("speechssl.models", "speechssl.data", "speechssl.decode"),
-    ("speechssl.api", "speechssl"),
+    ("speechssl.models", "speechssl.data", "speechssl.decode", "speechssl.vad", "speechssl.diarize",
+     "speechssl.live"),
+    ("speechssl.api", "speechssl", "speechssl.client"),
     ("speechssl.evaluation", "speechssl.verification", "speechssl.train", "speechssl.interop"),
     ("speechssl.recipe",),
     ("speechssl.cli", "speechssl.commands", "server"),

@@ -54,7 +54,7 @@ def test_gpu_settings_only_on_a_gpu(tmp_path):
     (["ctc.sett={a: 1}"], "unknown config key ctc.sett"),
     (["data.corpus_hours=lots"], "data.corpus_hours: expected float"),
     (["data.voices=-1"], "data.voices must be >= 0"),
-    (["data.kokoro_hours=1"], "data.kokoro_voices must name the kokoro-js tarball"),
+    (["data.kokoro_hours=1", "data.kokoro_voices=null"], "data.kokoro_voices must name the kokoro-js tarball"),
 ])
 def test_bad_recipe_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

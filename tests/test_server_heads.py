@@ -276,7 +276,7 @@ def test_bad_transcription_parameters(server, speech, data, status, message):
     assert message in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"chunking_strategy": "auto", "known_speaker_names[]": "a"}),
+@pytest.mark.parametrize("route, extra", [(TRANSCRIBE, {"diarize": "true", "beam_size": "5"}),
                                            ("/v1/embeddings", {"model": "x"}),
                                            pytest.param(SPEAKER_EMBED, {"pooling": "mean"}, marks=needs_speaker_head)])
 def test_fields_a_route_does_not_take_are_named_in_a_400(server, speech, route, extra):
