@@ -5,7 +5,8 @@ a request, or sends half its headers, stays open forever: 200 idle connections w
 closed and 20,200 exhausted the file descriptors. Here a connection that has no complete
 request line and headers within ``header_timeout_s`` (counted from the connection or the
 previous response, not reset by trickled bytes) is closed, as is any connection beyond
-``max_connections``, on arrival, so the process keeps descriptors for real work.
+``max_connections``, on arrival, so the process keeps descriptors for real work. A
+connection upgraded to a WebSocket leaves the timer behind.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class LimitedH11Protocol(H11Protocol):
         waiting_for_headers = self.cycle is None or self.cycle.response_complete
         if waiting_for_headers and not self.transport.is_closing():
             self.transport.close()
+
+    def handle_websocket_upgrade(self, event) -> None:
+        # The WebSocket protocol owns the transport from here (the route's idle timeout and
+        # pings govern it): a header timer left armed would cut every session at its deadline.
+        self.cancel_header_timer()
+        super().handle_websocket_upgrade(event)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

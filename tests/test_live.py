@@ -27,7 +27,7 @@ LIVE = "/v1/audio/transcriptions/live"
 def server(tiny_checkpoint, tmp_path_factory):
     path = build_heads_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("live") / "heads.safetensors", speaker=False)
     settings = Settings(checkpoint=str(path), device="cpu", max_audio_seconds=20, max_wait_ms=5, api_key="sekret",
-                        body_timeout_s=2.0, max_live_sessions=2)
+                        body_timeout_s=2.0, header_timeout_s=1.0, max_live_sessions=2)
     with LiveServer(settings) as live:
         yield live
 
@@ -89,6 +89,18 @@ def test_previews_arrive_before_the_audio_ends_and_done_is_the_offline_text(serv
     assert done["type"] == "transcript.text.done" and done["duration"] == pytest.approx(12.0, abs=0.01)
     assert done["text"] == offline_text(server, audio)
     assert len(deltas) >= 2 and "".join(deltas).split()  # previews: whole words, joined by their own spaces
+
+
+def test_a_session_outlives_the_http_header_timeout(server, audio):
+    """The upgraded connection is the WebSocket's: the HTTP header timer (1 s here) must not cut it."""
+    with connect(ws_url(server), additional_headers=AUTH) as ws:
+        for second in range(3):
+            ws.send(audio[second * 16000:(second + 1) * 16000].tobytes())
+            time.sleep(0.8)  # 2.4 s in all, each pause within body_timeout_s
+        ws.send(json.dumps({"type": "end"}))
+        events = messages(ws)
+        assert ws.close_code == 1000
+    assert events[-1]["type"] == "transcript.text.done" and events[-1]["duration"] == pytest.approx(3.0, abs=0.01)
 
 
 def test_other_sample_rates_are_resampled_like_an_upload(server, audio):
