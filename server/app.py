@@ -34,7 +34,7 @@ def load_model(settings: Settings):
 
         log.info("importing the transformers folder %s in memory (speechssl import-hf saves it as one file)", source)
         source = checkpoint_from_hf(source)
-    return speechssl.load(source, settings.device, settings.quantize)
+    return speechssl.load(source, settings.device, settings.quantize, settings.precision)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.batcher.start()
         app.state.ready = True
-        log.info("serving %s on %s", model.name, model.device)
+        log.info("serving %s on %s (%s%s)", model.name, model.device, "bf16" if model.bf16 else "fp32",
+                 f", {settings.quantize} matmuls" if settings.quantize else "")
         yield
         app.state.ready = False
         await app.state.batcher.drain()

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, description="torch intra-op threads")
     quantize: Literal["int8"] | None = Field(None, description="int8: int8 weights for the encoder's matmuls "
                                              "(CPU only; faster, CER +0.05 points on the shipped model's test split: docs/benchmarks.md)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: bfloat16 autocast (a GPU, or a CPU with native bf16: avx512_bf16/AMX); "
+                            "auto: bf16 on a GPU, fp32 on a CPU")
     log_level: str = "info"
 
     def deadline_seconds(self, device_type: str) -> float:

@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--int8", dest="quantize", action="store_const", const="int8", default=None,
                        help="int8 weights for the encoder's matmuls (CPU only): ~1.4x faster, CER +0.05 points "
                        "on the shipped model's test split (docs/benchmarks.md)")
+    serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                       help="bf16: bfloat16 autocast, for a GPU or a CPU with native bf16 (avx512_bf16, AMX); "
+                       "auto (default): bf16 on a GPU, fp32 on a CPU")
     return parser
 
 

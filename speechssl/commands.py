@@ -220,7 +220,8 @@ def embed(args: argparse.Namespace) -> None:
 def serve(args: argparse.Namespace) -> None:
     from server.main import serve as run_server
 
-    flags = {k: getattr(args, k) for k in ("checkpoint", "host", "port", "device", "max_batch_items", "quantize")}
+    flags = {k: getattr(args, k) for k in ("checkpoint", "host", "port", "device", "max_batch_items", "quantize",
+                                         "precision")}
     run_server({k: v for k, v in flags.items() if v is not None}, workers=args.workers)
 
 

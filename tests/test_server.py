@@ -212,3 +212,18 @@ def test_int8_server_stays_close_to_fp32(server, checkpoint, speech):
     assert cosine > 0.98 and not np.allclose(fp32, int8)
     with pytest.raises(ValueError, match="quantize"):
         Settings(quantize="int4")
+
+
+def test_bf16_server_stays_close_to_fp32_and_says_what_it_computes(server, checkpoint, speech):
+    """SPEECHSSL_PRECISION=bf16 (`serve --precision bf16`): bfloat16 autocast on the CPU."""
+    files = {"file": ("a.wav", speech, "audio/wav")}
+    fp32 = np.array(httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).json()["data"][0]["embedding"])
+    assert httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"][0]["precision"] == "fp32"
+    with LiveServer(Settings(checkpoint=checkpoint, device="cpu", precision="bf16")) as live:
+        bf16 = np.array(httpx.post(live.url + "/v1/embeddings", files=files).json()["data"][0]["embedding"])
+        card = httpx.get(live.url + "/v1/models").json()["data"][0]
+    assert card["precision"] == "bf16" and card["quantize"] is None
+    cosine = fp32 @ bf16 / (np.linalg.norm(fp32) * np.linalg.norm(bf16))
+    assert cosine > 0.99 and not np.allclose(fp32, bf16)
+    with pytest.raises(ValueError, match="precision"):
+        Settings(precision="fp16")

@@ -28,4 +28,6 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=model.name, hidden_size=model.hidden_size, num_layers=model.num_layers,
                                      sample_rate=SAMPLE_RATE, heads=model.heads,
                                      family=source.get("family", "wav2vec2") if isinstance(source, dict) else "wav2vec2",
-                                     source=source.get("format", "speechssl") if isinstance(source, dict) else "speechssl")])
+                                     source=source.get("format", "speechssl") if isinstance(source, dict) else "speechssl",
+                                     precision="bf16" if model.bf16 else "fp32",
+                                     quantize=request.app.state.settings.quantize)])
