@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,23 @@ def test_streaming_benchmark_reports_sse_and_websocket_figures(tmp_path):
     report = json.loads(out.read_text())
     assert report["sse"]["first_delta_s"] <= report["sse"]["done_s"]
     assert report["websocket"]["first_delta_s"] > 0 and report["websocket"]["end_to_done_s"] > 0
+
+
+def test_encoder_accuracy_check_scores_every_cpu_path(tmp_path):
+    """`encoder.py --cer-only`: the shipped model on the two LJ fixture sentences, each path's
+    CER and its change from fp32 (the bf16 and int8 costs docs/benchmarks.md quotes)."""
+    from speechssl.data.manifest import Utterance, write_manifest
+    from tests.test_default_model import LJ_CLIPS, REAL
+
+    manifest = tmp_path / "lj.jsonl"
+    write_manifest([Utterance(name, str(REAL / name), 1.0, text) for name, text in LJ_CLIPS.items()], manifest)
+    out = tmp_path / "encoder.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/encoder.py"), "--cer-only", "--threads", "1",
+                           "--cer-checkpoint", str(ROOT / "speechssl/assets/default.safetensors"),
+                           "--cer-manifest", str(manifest), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["accuracy"]["manifests"][str(manifest)]
+    assert rows["utterances"] == 2 and set(rows) == {"utterances", "fp32", "bf16", "int8", "int8+bf16"}
+    assert all(0 <= rows[p]["cer"] <= 1 for p in ("fp32", "bf16", "int8", "int8+bf16"))
+    assert rows["bf16"]["cer_change_points"] == pytest.approx(100 * (rows["bf16"]["cer"] - rows["fp32"]["cer"]))
