@@ -55,6 +55,13 @@ class ModelConfig:
     # 0: wav2vec 2.0's one weight-normed positional conv; N: Data2Vec-Audio's N plain convs,
     # each with a parameter-free layer norm (transformers' num_conv_pos_embeddings there).
     pos_conv_stack: int = 0
+    # WavLM's gated relative position bias: attention adds a learned per-head bias for the
+    # distance between two frames, bucketed (exact up to a quarter of the buckets, then
+    # logarithmic up to rel_pos_max_distance), scaled per query frame by a gate computed from
+    # each layer's input. The first layer holds the bias table; every layer reuses it.
+    rel_pos_bias: bool = False
+    rel_pos_buckets: int = 320
+    rel_pos_max_distance: int = 800
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -94,6 +101,13 @@ class ModelConfig:
             raise ConfigError("model.mask_length must be >= 1")
         if self.mel_bins < 1 or self.mel_frame_stride < 1:
             raise ConfigError("model.mel_bins and model.mel_frame_stride must be >= 1")
+        if self.rel_pos_bias:
+            # a quarter of the buckets are exact distances; the logarithmic ones start there
+            if self.rel_pos_buckets < 4:
+                raise ConfigError(f"model.rel_pos_buckets must be >= 4, got {self.rel_pos_buckets}")
+            if self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+                raise ConfigError(f"model.rel_pos_max_distance ({self.rel_pos_max_distance}) must exceed "
+                                  f"a quarter of model.rel_pos_buckets ({self.rel_pos_buckets // 4})")
 
     @property
     def frame_geometry(self) -> tuple[list[int], list[int]]:

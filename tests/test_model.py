@@ -17,6 +17,8 @@ from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining, Wav2Vec2Model, con
 VARIANTS = {
     "group-norm": tiny(),
     "layer-norm": dataclasses.replace(tiny(), conv_norm="layer", conv_bias=True, layer_norm_first=True),
+    # WavLM's gated relative position bias; few buckets, so 49 frames reach the far ones too
+    "rel-pos-bias": dataclasses.replace(tiny(), rel_pos_bias=True, rel_pos_buckets=16, rel_pos_max_distance=20),
 }
 
 

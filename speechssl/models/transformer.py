@@ -2,7 +2,9 @@
 
 Post-LN (BASE) and pre-LN "stable" (LARGE) variants, attention through
 ``scaled_dot_product_attention`` with a key padding mask. Parameter names follow
-the reference implementations so checkpoints interchange.
+the reference implementations so checkpoints interchange. ``rel_pos_bias`` adds WavLM's
+gated relative position bias to the attention scores (``relative_position_buckets``,
+``Attention.position_bias`` and ``Attention.position_gate``).
 
 Without gradients (inference) the q/k/v projections run as one fused matmul and the
 positional conv uses its weight-norm-folded weight, both derived from the parameters
@@ -11,6 +13,8 @@ directly, exactly as in training.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -96,8 +100,29 @@ class PositionalConv(nn.Module):
         return y.reshape(b, c, blocks * hop)[..., :out_len]
 
 
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device=None) -> Tensor:
+    """(T, T) long: the bucket of key j's offset j - i from query i (T5's scheme, as WavLM uses it).
+
+    Keys after the query use the upper half of the buckets, the query itself and keys before it
+    the lower half. Within a half, distances below a quarter of the buckets get one bucket each;
+    longer ones share buckets spaced evenly in log distance up to ``max_distance``, and all
+    beyond fall in the half's last bucket. The steps are transformers' own, in its order, so a
+    distance on a bucket's edge lands in the same bucket on both sides.
+    """
+    position = torch.arange(length, device=device)
+    offset = position[None, :] - position[:, None]
+    half = num_buckets // 2
+    exact = half // 2
+    distance = offset.abs()
+    # clamped below: the log is only read for distances >= exact, and log(0) would be -inf
+    scaled = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact) * (half - exact)
+    far = (exact + scaled).long().clamp(max=half - 1)
+    return torch.where(distance < exact, distance, far) + (offset > 0).long() * half
+
+
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, bias_table: bool = False):
+        """``bias_table``: this layer holds the relative position bias table (WavLM's first layer)."""
         super().__init__()
         dim = config.hidden_size
         self.num_heads = config.num_heads
@@ -107,6 +132,39 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.int8 = False  # set by speechssl.models.inference.quantize_int8
+        if config.rel_pos_bias:
+            # The gate reads each head's slice of a frame; its two sigmoid inputs are each the
+            # sum of 4 of these 8 outputs (the reference layout, kept so the weights load).
+            self.gru_rel_pos_linear = nn.Linear(dim // self.num_heads, 8)
+            self.gru_rel_pos_const = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
+        if bias_table:
+            self.rel_attn_embed = nn.Embedding(config.rel_pos_buckets, self.num_heads)
+            self.max_distance = config.rel_pos_max_distance
+
+    def position_bias(self, length: int) -> Tensor:
+        """(H, T, T): each head's learned bias for key j seen from query i; it depends on j - i
+        only, so a frame gets the same bias whatever padding follows it."""
+        table = self.rel_attn_embed
+        buckets = relative_position_buckets(length, table.num_embeddings, self.max_distance, table.weight.device)
+        return table(buckets).permute(2, 0, 1)
+
+    def position_gate(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, H, T, 1): how much of the position bias each query frame takes.
+
+        GRU-like: a * (b * const - 1) + 2 with a, b sigmoids of the frame's head slice, so a
+        frame's content decides how far position steers its attention (between 1 and 2 times
+        the table while const is 1).
+        """
+        b, t, _ = x.shape
+        per_head = x.view(b, t, self.num_heads, -1).transpose(1, 2)  # (B, H, T, C/H)
+        pair = self.gru_rel_pos_linear(per_head).view(b, self.num_heads, t, 2, 4).sum(-1)
+        gate_a, gate_b = torch.sigmoid(pair).chunk(2, dim=-1)
+        return gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
+
+    def biased_mask(self, x: Tensor, position_bias: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The float mask attention adds to its scaled scores: the gated bias, -inf at padded keys."""
+        bias = self.position_gate(x) * position_bias  # (B, H, T, 1) * (H, T, T) -> (B, H, T, T)
+        return bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> q, k, v, each (B, H, T, C/H)."""
@@ -121,9 +179,12 @@ class Attention(nn.Module):
         # (B, T, 3C) -> (3, B, H, T, C/H): views, no copy
         return fused.view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, position_bias: Tensor | None = None) -> Tensor:
+        """attn_mask (B, 1, 1, T) bool: keys that may be attended; position_bias (H, T, T) or None."""
         b, t, c = x.shape
         q, k, v = self.qkv(x)
+        if position_bias is not None:
+            attn_mask = self.biased_mask(x, position_bias, attn_mask).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, C/H) -> (B, T, C)
         out = self.out_proj
@@ -149,22 +210,22 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, bias_table: bool = False):
         super().__init__()
         self.pre_ln = config.layer_norm_first
-        self.attention = Attention(config)
+        self.attention = Attention(config, bias_table)
         self.dropout = nn.Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, position_bias: Tensor | None = None) -> Tensor:
         # Without autograd the residual sums go into the branch's fresh output (no new tensor).
         add = residual if torch.is_grad_enabled() else residual_
         if self.pre_ln:
-            x = add(x, self.dropout(self.attention(self.layer_norm(x), attn_mask)))
+            x = add(x, self.dropout(self.attention(self.layer_norm(x), attn_mask, position_bias)))
             return add(x, self.feed_forward(self.final_layer_norm(x)))
-        x = self.layer_norm(add(x, self.dropout(self.attention(x, attn_mask))))
+        x = self.layer_norm(add(x, self.dropout(self.attention(x, attn_mask, position_bias))))
         return self.final_layer_norm(add(x, self.feed_forward(x)))
 
 
@@ -213,7 +274,9 @@ class TransformerEncoder(nn.Module):
         self.pos_conv_embed = StackedPositionalConv(config) if config.pos_conv_stack else PositionalConv(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.rel_pos_bias = config.rel_pos_bias
+        self.layers = nn.ModuleList(EncoderLayer(config, bias_table=config.rel_pos_bias and i == 0)
+                                    for i in range(config.num_layers))
 
     def forward(self, x: Tensor, valid: Tensor | None, num_layers: int | None = None,
                 start_layer: int | None = None) -> list[Tensor]:
@@ -238,12 +301,15 @@ class TransformerEncoder(nn.Module):
                 x = self.layer_norm(x)
             x = self.dropout(x)
         depth = len(self.layers) if num_layers is None else num_layers
+        # WavLM: the first layer's table serves every layer. Built here, not in that layer, so
+        # a run from a cached entry or with the first layer dropped still has it.
+        position_bias = self.layers[0].attention.position_bias(x.shape[1]) if self.rel_pos_bias else None
         hidden = [x]
         for layer in self.layers[start_layer or 0 : depth]:
             if self.training and self.layer_drop > 0 and not cached and torch.rand(()) < self.layer_drop:
                 hidden.append(x)
                 continue
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, position_bias)
             hidden.append(x)
         if self.pre_ln and depth == len(self.layers):
             hidden[-1] = self.layer_norm(x)

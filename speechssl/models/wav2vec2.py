@@ -218,6 +218,8 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):  # WavLM's relative position bias table (BERT's init)
+        nn.init.normal_(module.weight, std=0.02)
     elif isinstance(module, nn.Conv1d):
         nn.init.kaiming_normal_(module.weight)
         if module.bias is not None:
