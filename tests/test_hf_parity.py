@@ -525,16 +525,20 @@ def test_a_cache_entry_and_serve_checkpoint_on_a_transformers_folder(tmp_path):
 # --------------------------------------------------------------------------- other families
 
 
-def hubert_random(cls, cfg: ModelConfig, seed: int, **extra):
-    """A transformers HuBERT model (bare or CTC) with ``cfg``'s architecture, jittered weights."""
+def family_random(config_class, cls, cfg: ModelConfig, seed: int, **extra):
+    """A transformers model of another family (bare or CTC) with ``cfg``'s architecture, jittered
+    weights; the shared config fields its config class has (HuBERT's has no codevector ones)."""
     from speechssl.interop.hf_config import CONFIG_FIELDS
 
-    fields = {hf: getattr(cfg, ours) for ours, hf in CONFIG_FIELDS if not hf.startswith(("num_codevector", "codevector",
-                                                                                             "proj_codevector"))}
+    fields = {hf: getattr(cfg, ours) for ours, hf in CONFIG_FIELDS if hasattr(config_class, hf)}
     torch.manual_seed(seed)
-    model = cls(transformers.HubertConfig(**fields, feat_extract_activation="gelu", hidden_act="gelu", **extra)).eval()
+    model = cls(config_class(**fields, feat_extract_activation="gelu", hidden_act="gelu", **extra)).eval()
     jitter(model, seed)
     return model
+
+
+def hubert_random(cls, cfg: ModelConfig, seed: int, **extra):
+    return family_random(transformers.HubertConfig, cls, cfg, seed, **extra)
 
 
 @pytest.mark.parametrize("name", ["tiny", "large-style"])  # group norm + post-LN; layer norm + stable pre-LN
@@ -574,11 +578,10 @@ def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
 
 
 def test_other_families_are_refused_by_name(tmp_path):
-    cfg = transformers.WavLMConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                   conv_dim=[32] * 7)
-    transformers.WavLMModel(cfg).save_pretrained(tmp_path / "wavlm")
-    with pytest.raises(HfInteropError, match="model_type='wavlm' \\(speechssl has the layout of wav2vec2, hubert, data2vec-audio\\)"):
-        import_hf(tmp_path / "wavlm", tmp_path / "x.safetensors")
+    transformers.SEWConfig().save_pretrained(tmp_path / "sew")  # the config is read, and refused, first
+    with pytest.raises(HfInteropError, match="model_type='sew' \\(speechssl has the layout of wav2vec2, hubert, "
+                                             "data2vec-audio, wavlm\\)"):
+        import_hf(tmp_path / "sew", tmp_path / "x.safetensors")
 
 
 def data2vec_random(cls, cfg: ModelConfig, seed: int, stack: int = 3, **extra):
@@ -613,3 +616,58 @@ def test_data2vec_audio_ctc_transcribes_what_transformers_decodes(tmp_path):
     cfg = dataclasses.replace(configs()["tiny"], conv_norm="layer", conv_bias=True, pos_conv_kernel=19)
     hf = data2vec_random(transformers.Data2VecAudioForCTC, cfg, seed=15, vocab_size=len(VOCAB), pad_token_id=0)
     assert_ctc_text_matches(tmp_path, hf, cfg)
+
+
+@pytest.mark.parametrize(("buckets", "max_distance"), [(320, 800), (16, 20), (33, 50)])
+def test_relative_position_buckets_match_transformers(buckets, max_distance):
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    from speechssl.models.transformer import relative_position_buckets
+
+    theirs = WavLMAttention(8, 2, num_buckets=buckets, max_distance=max_distance)
+    offsets = torch.arange(1200)[None, :] - torch.arange(1200)[:, None]
+    assert torch.equal(relative_position_buckets(1200, buckets, max_distance), theirs._relative_positions_bucket(offsets))
+
+
+def wavlm_random(cls, cfg: ModelConfig, seed: int, **extra):
+    """A transformers WavLM model with ``cfg``'s architecture and bias buckets, its bias table made
+    large (its init is N(0, 0.02)), so a wrong bucket or gate cannot hide under the tolerance."""
+    model = family_random(transformers.WavLMConfig, cls, cfg, seed, num_buckets=cfg.rel_pos_buckets,
+                          max_bucket_distance=cfg.rel_pos_max_distance, **extra)
+    with torch.no_grad():
+        (model.wavlm if hasattr(model, "wavlm") else model).encoder.layers[0].attention.rel_attn_embed.weight.mul_(50)
+    return model
+
+
+def wavlm_config(name: str) -> ModelConfig:
+    """A ``configs()`` entry with WavLM's bias; few buckets, so the clips' 19-49 frames reach the
+    logarithmic buckets and the clamped far ones, not only the exact near ones."""
+    return dataclasses.replace(configs()[name], rel_pos_bias=True, rel_pos_buckets=16, rel_pos_max_distance=20)
+
+
+@pytest.mark.parametrize("name", ["tiny", "large-style"])  # group norm + post-LN ("base"); layer norm + pre-LN ("large")
+def test_wavlm_imports_and_every_layer_matches(tmp_path, name):
+    cfg = wavlm_config(name)
+    hf = wavlm_random(transformers.WavLMModel, cfg, seed=6)
+    save_hf_folder(tmp_path / "hf", hf, cfg)
+    ckpt = import_hf(tmp_path / "hf", tmp_path / "ours.safetensors")
+    assert ckpt.metadata["source"]["family"] == "wavlm" and ckpt.model_config == cfg
+    _, encoder = load_ours(tmp_path / "ours.safetensors")
+    # our padded batch, item by item, against transformers on each item alone
+    assert_layers_match(encoder, hf, cfg, per_item=True)
+    with pytest.raises(HfInteropError, match="gated relative position bias \\(rel_pos_bias\\) is WavLM's"):
+        export_hf(tmp_path / "ours.safetensors", tmp_path / "back")
+
+
+def test_wavlm_ctc_transcribes_what_transformers_decodes_and_serves_as_wavlm(tmp_path):
+    import httpx
+
+    from server.settings import Settings
+    from tests.test_server import LiveServer
+
+    cfg = wavlm_config("tiny")
+    hf = wavlm_random(transformers.WavLMForCTC, cfg, seed=17, vocab_size=len(VOCAB), pad_token_id=0)
+    assert_ctc_text_matches(tmp_path, hf, cfg)
+    with LiveServer(Settings(checkpoint=str(tmp_path / "ours.safetensors"), device="cpu", max_wait_ms=10)) as live:
+        card = httpx.get(live.url + "/v1/models").json()["data"][0]
+    assert card["family"] == "wavlm" and card["source"] == "transformers"

@@ -1,7 +1,9 @@
 """HuggingFace transformers interop: ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` /
-``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints; ``HubertModel`` / ``HubertForCTC`` and
-``Data2VecAudioModel`` / ``Data2VecAudioForCTC`` folders import too (under ``hubert.`` /
-``data2vec_audio.``; Data2Vec's stacked positional convs are ``ModelConfig.pos_conv_stack``).
+``Wav2Vec2ForCTC`` folders <-> speechssl checkpoints; ``HubertModel`` / ``HubertForCTC``,
+``Data2VecAudioModel`` / ``Data2VecAudioForCTC`` and ``WavLMModel`` / ``WavLMForCTC`` folders
+import too (under ``hubert.`` / ``data2vec_audio.`` / ``wavlm.``; Data2Vec's stacked positional
+convs are ``ModelConfig.pos_conv_stack``, WavLM's gated relative position bias
+``ModelConfig.rel_pos_bias``, under transformers' own parameter names).
 
 Our parameter names are transformers' own, so the mapping is a few renames:
 
@@ -155,7 +157,7 @@ def checkpoint_from_hf(hf_dir: str | Path) -> Checkpoint:
         if key.startswith(_ENCODER_PARTS):
             key = "wav2vec2." + key  # a bare Wav2Vec2Model / HubertModel has no prefix
         elif key.startswith(prefix := family.replace("-", "_") + "."):
-            key = "wav2vec2." + key.removeprefix(prefix)  # HubertForCTC: hubert.*, Data2VecAudioForCTC: data2vec_audio.*
+            key = "wav2vec2." + key.removeprefix(prefix)  # HubertForCTC: hubert.*, WavLMForCTC: wavlm.* ...
         state[rename_key(key, to_hf=False)] = tensor
     if "wav2vec2.masked_spec_embed" not in state:
         # transformers leaves it out when masking is off; any value will do until masking is on.
@@ -230,6 +232,9 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, layout: Layout = "auto
     if cfg.pos_conv_stack:
         raise HfInteropError(f"{ckpt_path}: export-hf writes wav2vec 2.0 folders, and this model's stacked "
                              "positional convs (pos_conv_stack) are Data2Vec-Audio's")
+    if cfg.rel_pos_bias:
+        raise HfInteropError(f"{ckpt_path}: export-hf writes wav2vec 2.0 folders, and this model's gated "
+                             "relative position bias (rel_pos_bias) is WavLM's")
     layout = _pick_layout(checkpoint.state_dict, layout)
     extra = {}
     vocab = metadata.get("vocab")

@@ -29,8 +29,9 @@ CONFIG_FIELDS = (
 LIST_FIELDS = {"conv_dims", "conv_kernels", "conv_strides"}
 # transformers model types with our encoder's layout; HuBERT is wav2vec 2.0's encoder without
 # the quantizer (its config has no codevector fields: ours keep their defaults); Data2Vec-Audio
-# has layer-norm convs, a post-LN transformer and a stack of positional convs.
-FAMILIES = ("wav2vec2", "hubert", "data2vec-audio")
+# has layer-norm convs, a post-LN transformer and a stack of positional convs; WavLM adds a gated
+# relative position bias to wav2vec 2.0's attention (ModelConfig.rel_pos_bias).
+FAMILIES = ("wav2vec2", "hubert", "data2vec-audio", "wavlm")
 
 
 def hf_config_from_model_config(cfg: ModelConfig, **extra):
@@ -69,7 +70,8 @@ def _check_supported(hf_cfg) -> None:
 
 
 def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfig:
-    """``transformers.Wav2Vec2Config`` (or ``HubertConfig``) -> our ModelConfig; unsupported settings raise HfInteropError.
+    """``transformers.Wav2Vec2Config`` (or ``HubertConfig``, ``Data2VecAudioConfig``, ``WavLMConfig``)
+    -> our ModelConfig; unsupported settings raise HfInteropError.
 
     Training-only settings we have no field for (``final_dropout``,
     ``feat_quantizer_dropout``, loss weights) are dropped: they change no weight
@@ -80,6 +82,9 @@ def model_config_from_hf(hf_cfg, normalize_waveform: bool = False) -> ModelConfi
     if hf_cfg.model_type == "data2vec-audio":
         fields.update(pos_conv_kernel=hf_cfg.conv_pos_kernel_size, pos_conv_stack=hf_cfg.num_conv_pos_embeddings,
                       conv_norm="layer", layer_norm_first=False)
+    if hf_cfg.model_type == "wavlm":
+        fields.update(rel_pos_bias=True, rel_pos_buckets=hf_cfg.num_buckets,
+                      rel_pos_max_distance=hf_cfg.max_bucket_distance)
     fields.update({name: list(fields[name]) for name in LIST_FIELDS})
     if not getattr(hf_cfg, "apply_spec_augment", True):
         fields.update(mask_prob=0.0, mask_channel_prob=0.0)
