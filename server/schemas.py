@@ -15,7 +15,8 @@ class ModelCard(BaseModel):
     num_layers: int
     sample_rate: int
     heads: list[str]
-    family: str = Field(description="the architecture: wav2vec2 (speechssl's one family so far)")
+    family: str = Field(description="the architecture: wav2vec2 (trained here or imported), or the transformers "
+                        "family it was imported from: hubert, data2vec-audio, wavlm")
     source: str = Field(description="speechssl (trained here), or transformers (imported from a folder)")
     precision: Literal["fp32", "bf16"] = Field(description="the encoder's compute: fp32, or bf16 autocast")
     quantize: Literal["int8"] | None = Field(None, description="int8: int8 matmul weights (CPU)")

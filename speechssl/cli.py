@@ -222,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=["mean", "none"], default="mean",
                        help="mean: one vector per file (default); none: one vector per 20 ms frame")
 
-    imp = sub.add_parser("import-hf", help="convert a transformers Wav2Vec2, HuBERT or Data2Vec-Audio folder to a speechssl checkpoint",
+    imp = sub.add_parser("import-hf", help="convert a transformers Wav2Vec2, HuBERT, Data2Vec-Audio or WavLM folder to a speechssl checkpoint",
                          description="Read config.json + weights of a Wav2Vec2Model / Wav2Vec2ForPreTraining / "
-                         "Wav2Vec2ForCTC / HubertModel / HubertForCTC / Data2VecAudioModel / Data2VecAudioForCTC folder and "
-                         "write one speechssl .safetensors file.")
+                         "Wav2Vec2ForCTC / HubertModel / HubertForCTC / Data2VecAudioModel / Data2VecAudioForCTC / "
+                         "WavLMModel / WavLMForCTC folder and write one speechssl .safetensors file.")
     imp.add_argument("hf_dir", type=Path, help="folder with config.json and model.safetensors or pytorch_model.bin, "
                      "or a transformers cache entry as it sits on disk (~/.cache/huggingface/hub/models--org--name)")
     imp.add_argument("out", type=Path, help="checkpoint to write (.safetensors)")
