@@ -18,6 +18,12 @@ Two workloads, each timed interleaved (round-robin, rotating order), median over
     of transformers and torchaudio mixes padding into the statistics (speechssl's uses valid
     frames only), so outputs are compared per item, against each peer run on the item alone.
 
+(c) families: HuBERT, Data2Vec-Audio and WavLM at their transformers BASE layouts (random
+    init, imported like (a)), speechssl fp32 vs transformers on the fixed batch, one family's
+    rounds after another.
+
+On CPU the bf16 paths (autocast; ``--no-bf16`` skips them) and int8 + bf16 are timed too.
+
 Achieved GFLOP/s count the useful work (each clip's own frames; no padding) with a direct
 convolution's FLOPs, and are shown as a fraction of this machine's fp32 (or bf16) matmul peak,
 measured inside the same rounds. On CPU the int8 path (``quantize="int8"``) is timed too.
@@ -70,7 +76,8 @@ def encoder_gflop(cfg: ModelConfig, samples: int) -> float:
 # --------------------------------------------------------------------------- models
 
 
-def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float):
+def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float,
+                 bf16: bool = True):
     import transformers
 
     import speechssl
@@ -89,8 +96,11 @@ def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int
     models["load_s"] = time.perf_counter() - start
     if int8 and device.type == "cpu":
         models["speechssl int8"] = speechssl.load(workdir / "base.safetensors", device="cpu", quantize="int8")
-    if device.type == "cuda":
+    if bf16 or device.type == "cuda":
         models["speechssl bf16"] = speechssl.load(workdir / "base.safetensors", device=str(device), precision="bf16")
+    if bf16 and int8 and device.type == "cpu":
+        models["speechssl int8+bf16"] = speechssl.load(workdir / "base.safetensors", device="cpu", quantize="int8",
+                                                       precision="bf16")
     for name in [k for k in models if k.startswith("speechssl")]:
         models[name].max_batch_seconds = max_batch_seconds
     if want_torchaudio:
@@ -168,6 +178,10 @@ def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
         b16 = models["speechssl bf16"].encode(clips)
         agree["speechssl bf16 vs transformers fp32"] = max(max_diff(f, ref[i]) for i, f in enumerate(b16))
         systems["speechssl bf16"] = lambda: models["speechssl bf16"].encode(clips)
+    if "speechssl int8+bf16" in models:
+        both = models["speechssl int8+bf16"].encode(clips)
+        agree["speechssl int8+bf16 vs transformers fp32"] = max(max_diff(f, ref[i]) for i, f in enumerate(both))
+        systems["speechssl int8+bf16"] = lambda: models["speechssl int8+bf16"].encode(clips)
     systems["transformers"] = lambda: hf_run(models["hf"], waves, bf16=False)
     if device.type == "cuda":
         agree["transformers bf16 vs fp32"] = max_diff(hf_run(models["hf"], waves, bf16=True), ref)
@@ -178,8 +192,8 @@ def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
     if args.compile:
         systems.update(compiled_systems(models, clips, agree, ref))
     peaks = {"fp32": peak_probe(device, torch.float32, 2048 if device.type == "cpu" else 8192)}
-    if device.type == "cuda":
-        peaks["bf16"] = peak_probe(device, torch.bfloat16, 8192)
+    if "speechssl bf16" in models:
+        peaks["bf16"] = peak_probe(device, torch.bfloat16, 2048 if device.type == "cpu" else 8192)
     for name, (fn, _) in peaks.items():
         systems[f"peak {name}"] = fn
     print(f"(a) fixed batch: {size} x {args.fixed_seconds:g} s, {gflop:.0f} GFLOP", flush=True)
@@ -225,6 +239,8 @@ def stream(models, args, device, cfg: ModelConfig) -> dict:
         systems["speechssl int8"] = lambda: models["speechssl int8"].encode(clips)
     if "speechssl bf16" in models:
         systems["speechssl bf16"] = lambda: models["speechssl bf16"].encode(clips)
+    if "speechssl int8+bf16" in models:
+        systems["speechssl int8+bf16"] = lambda: models["speechssl int8+bf16"].encode(clips)
     systems["transformers"] = lambda: peer_stream(hf_batch, clips, args.peer_batch, device)
     if device.type == "cuda":
         systems["transformers bf16"] = lambda: peer_stream(lambda w, n: hf_batch(w, n, True), clips, args.peer_batch, device)
@@ -249,6 +265,44 @@ def stream(models, args, device, cfg: ModelConfig) -> dict:
     result = summarize("stream", timings, audio_s, gflop, None, agree)
     result["padded_audio_s_peers"] = padded_s
     return result
+
+
+FAMILIES = {"hubert": ("HubertConfig", "HubertModel"), "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel"),
+            "wavlm": ("WavLMConfig", "WavLMModel")}
+
+
+def families(args, device, workdir: Path) -> list[dict]:
+    """The other imported families at their transformers BASE layout, fp32: speechssl vs
+    transformers on the fixed batch, each family in its own interleaved rounds."""
+    import transformers
+
+    import speechssl
+    from speechssl.interop.hf import import_hf
+
+    gen = torch.Generator().manual_seed(0)
+    clips = [(torch.randn(int(args.fixed_seconds * RATE), generator=gen) * 0.1).numpy() for _ in range(4)]
+    waves = torch.from_numpy(np.stack(clips)).to(device)
+    out = []
+    for family in args.families:
+        config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[family])
+        torch.manual_seed(0)
+        hf = model_cls(config_cls()).eval()
+        folder = workdir / family
+        hf.save_pretrained(folder)
+        transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(folder)
+        import_hf(folder, workdir / f"{family}.safetensors")
+        ours = speechssl.load(workdir / f"{family}.safetensors", device=str(device), precision="fp32")
+        hf = hf.to(device)
+        ref = hf_run(hf, waves, bf16=False)
+        agree = {"speechssl vs transformers": max(max_diff(f, ref[i]) for i, f in enumerate(ours.encode(clips)))}
+        print(f"(c) {family}: 4 x {args.fixed_seconds:g} s, speechssl vs transformers {agree['speechssl vs transformers']:.3g}",
+              flush=True)
+        timings = interleaved({"speechssl": lambda: ours.encode(clips), "transformers": lambda: hf_run(hf, waves, False)},
+                              args.repeats, device)
+        cfg = ours.encoder.config
+        out.append(summarize(f"{family} 4x{args.fixed_seconds:g}s", timings, 4 * args.fixed_seconds,
+                             4 * encoder_gflop(cfg, len(clips[0])), None, agree))
+    return out
 
 
 def summarize(workload: str, timings: dict, audio_s: float, gflop: float, peak: dict | None, agree: dict) -> dict:
@@ -314,6 +368,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-torchaudio", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time speechssl under torch.compile in (a)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast on the CPU (it is slow without "
+                        "native bf16: avx512_bf16 or AMX)")
+    parser.add_argument("--families", default="hubert,data2vec-audio,wavlm",
+                        help="(c): other families' BASE layouts, speechssl vs transformers on 4 x --fixed-seconds "
+                             "(comma list; 'none' skips)")
     parser.add_argument("--cer-checkpoint", default=None,
                         help="a CTC checkpoint: CER of fp32, bf16, int8 and int8+bf16 on each --cer-manifest")
     parser.add_argument("--cer-manifest", nargs="+", default=[], help="manifests with text (several: one row each)")
@@ -323,6 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cer-only", action="store_true", help="only the CER check (skips (a) and (b))")
     parser.add_argument("--out", default="runs/benchmarks/encoder.json")
     args = parser.parse_args(argv)
+    args.families = [] if args.families == "none" else args.families.split(",")
+    if unknown := set(args.families) - set(FAMILIES):
+        parser.error(f"--families: unknown {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     max_batch = args.max_batch_seconds or (600.0 if device.type == "cuda" else 60.0)
@@ -335,12 +397,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrote {args.out}")
         return report
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch)
+        models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch, not args.no_bf16)
     cfg = models["speechssl"].encoder.config
     report["import_and_load_s"] = models.pop("load_s")
     report["workloads"] = [fixed_batch(models, args, device, cfg, int(n)) for n in str(args.fixed_batch).split(",")]
     if args.stream:
         report["workloads"].append(stream(models, args, device, cfg))
+    if args.families:
+        with tempfile.TemporaryDirectory() as tmp:
+            report["workloads"].extend(families(args, device, Path(tmp)))
     if args.cer_checkpoint:
         print("CER of each path:", flush=True)
         report["accuracy"] = cer_check(args)
