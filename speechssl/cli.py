@@ -27,6 +27,27 @@ examples:
   speechssl embed --checkpoint runs/pretrain/checkpoint.safetensors a.wav
 """
 
+EXPORT_ONNX = """\
+Export the self-supervised encoder of a speechssl checkpoint to ONNX.
+
+inputs:   waves (batch, samples) float32 at 16 kHz, zero-padded
+          lengths (batch,) int64, each item's samples
+outputs:  hidden (batch, frames, hidden size), the last hidden state
+          frames (batch,) int64, each item's valid frames: they equal what the item gives alone
+Batch and samples are dynamic. WavLM layouts are refused.
+
+Needs onnx, onnxscript and onnxruntime, which speechssl does not install:
+  pip install onnx onnxscript onnxruntime
+"""
+
+EXPORT_ONNX_EXAMPLE = """\
+example:
+  speechssl export-onnx runs/pretrain/best.safetensors --out encoder.onnx
+  and in Python:
+    session = onnxruntime.InferenceSession("encoder.onnx")
+    hidden, frames = session.run(None, {"waves": waves, "lengths": lengths})
+"""
+
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (see configs/)")
@@ -235,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "transformers' from_pretrained() loads.")
     exp.add_argument("checkpoint", type=Path, help="speechssl checkpoint (.safetensors)")
     exp.add_argument("out_dir", type=Path, help="folder to write")
+
+    exp_onnx = sub.add_parser("export-onnx", help="write a checkpoint's encoder as an ONNX file (onnxruntime and others)",
+                          description=EXPORT_ONNX, epilog=EXPORT_ONNX_EXAMPLE,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp_onnx.add_argument("checkpoint", type=Path, help="speechssl checkpoint (.safetensors)")
+    exp_onnx.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    exp_onnx.add_argument("--int8", action="store_true",
+                      help="onnxruntime's dynamic int8 quantization of the transformer layers' matmuls (int8 "
+                      "weights per output channel); the conv front end stays fp32")
     serve = sub.add_parser("serve", help="serve a checkpoint over HTTP (FastAPI + uvicorn)",
                            description="Serve embeddings, transcripts and speaker vectors over HTTP (the heads the checkpoint holds). Every flag can also be set with a "
                            "SPEECHSSL_<NAME> environment variable (e.g. SPEECHSSL_API_KEY).")
@@ -275,6 +305,7 @@ COMMANDS = {
     "serve": commands.serve,
     "import-hf": commands.import_hf,
     "export-hf": commands.export_hf,
+    "export-onnx": commands.export_onnx,
 }
 
 

@@ -237,3 +237,10 @@ def export_hf(args: argparse.Namespace) -> None:
 
     convert(args.checkpoint, args.out_dir)
     print(f"wrote {args.out_dir}")
+
+
+def export_onnx(args: argparse.Namespace) -> None:
+    from speechssl.interop.onnx import export_onnx as convert
+
+    done = convert(args.checkpoint, args.out, int8=args.int8)
+    print(f"wrote {done['out']} ({'int8' if done['int8'] else 'fp32'}, exported in {done['export_s']:g} s)")
