@@ -24,6 +24,14 @@ Two workloads, each timed interleaved (round-robin, rotating order), median over
 
 On CPU the bf16 paths (autocast; ``--no-bf16`` skips them) and int8 + bf16 are timed too.
 
+ONNX Runtime peers (CPU; ``--no-onnx`` skips them): transformers' model and speechssl's encoder,
+each exported from the same weights with torch.export (``speechssl.interop.onnx``; the legacy
+TorchScript exporter gives wrong outputs for transformers' model), run in an ``InferenceSession``
+with ``--threads`` intra-op threads, fp32 and onnxruntime's dynamic int8 of the transformer
+layers' matmuls (``quantize_int8``, the scope of speechssl's own int8). In (a) they take the
+batch, in (b) the peers' padded batches of 8; speechssl's file takes the lengths too, so its
+items equal transformers run on each alone. Needs ``pip install onnx onnxscript onnxruntime``.
+
 Achieved GFLOP/s count the useful work (each clip's own frames; no padding) with a direct
 convolution's FLOPs, and are shown as a fraction of this machine's fp32 (or bf16) matmul peak,
 measured inside the same rounds. On CPU the int8 path (``quantize="int8"``) is timed too.
@@ -77,7 +85,7 @@ def encoder_gflop(cfg: ModelConfig, samples: int) -> float:
 
 
 def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float,
-                 bf16: bool = True):
+                 bf16: bool = True, onnx_threads: int | None = None):
     import transformers
 
     import speechssl
@@ -108,7 +116,66 @@ def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int
 
         models["torchaudio"] = import_huggingface_model(hf.cpu()).eval().to(device)
         hf.to(device)
+    if onnx_threads and device.type == "cpu":
+        models.update(onnx_sessions(models["hf"], workdir, onnx_threads, int8))
     return models
+
+
+# --------------------------------------------------------------------------- onnxruntime peers
+
+ONNX_SYSTEMS = ("onnxruntime (transformers)", "onnxruntime (transformers) int8", "onnxruntime (speechssl)",
+                "onnxruntime (speechssl) int8")
+
+
+class LastHidden(torch.nn.Module):
+    """transformers' model with one tensor out, its last hidden state, as the exporter wants."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.model(waves).last_hidden_state
+
+
+def export_hf_onnx(hf, out: Path) -> Path:
+    """transformers' model as ONNX, batch and samples dynamic, with torch.export (``dynamo=True``):
+    the legacy TorchScript exporter's file is wrong (4.7 max abs even at the traced shape)."""
+    from speechssl.interop.onnx import export_module
+
+    batch, samples = torch.export.Dim("batch"), torch.export.Dim("samples", min=400)
+    example = (torch.randn(2, 2 * RATE, generator=torch.Generator().manual_seed(0)) * 0.1,)
+    export_module(LastHidden(hf), example, {"waves": {0: batch, 1: samples}}, out, ["waves"], ["hidden"])
+    return out
+
+
+def onnx_sessions(hf, workdir: Path, threads: int, int8: bool) -> dict:
+    """{system: InferenceSession} for ONNX_SYSTEMS (the int8 ones only with ``int8``), and
+    "onnx_export_s": the seconds each export took."""
+    import onnxruntime as ort
+
+    import speechssl
+    from speechssl.interop.onnx import export_encoder, quantize_int8
+
+    files, seconds = {}, {}
+    start = time.perf_counter()
+    files["onnxruntime (transformers)"] = export_hf_onnx(hf, workdir / "transformers.onnx")
+    seconds["transformers"] = time.perf_counter() - start
+    start = time.perf_counter()
+    # Its own copy of the encoder: the export sets the parameters to require gradients.
+    encoder = speechssl.load(workdir / "base.safetensors", device="cpu", precision="fp32").encoder
+    files["onnxruntime (speechssl)"] = export_encoder(encoder, workdir / "speechssl.onnx")
+    seconds["speechssl"] = time.perf_counter() - start
+    print("ONNX export: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)
+    if int8:
+        for name, path in list(files.items()):
+            files[f"{name} int8"] = quantize_int8(path, path.with_suffix(".int8.onnx"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # the torch systems' thread count
+    options.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in files.items()}
+    return {**sessions, "onnx_export_s": seconds}
 
 
 # --------------------------------------------------------------------------- runners
@@ -128,6 +195,21 @@ def torchaudio_run(model, waves: torch.Tensor, lengths: torch.Tensor | None) -> 
         return model(waves, lengths)[0].float().cpu()
 
 
+def onnx_run(session, waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """One batch through an onnxruntime session: its first output, the last hidden state."""
+    feed = {"waves": waves.cpu().numpy()}
+    if lengths is not None:
+        feed["lengths"] = lengths.cpu().numpy()
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
+def onnx_batch(models, name: str):
+    """run_batch(waves, lengths) of an ONNX system: speechssl's file takes the lengths,
+    transformers' does not (its torch model gets none either)."""
+    session, lengths = models[name], "(speechssl)" in name
+    return lambda waves, n: onnx_run(session, waves, n if lengths else None)
+
+
 def peer_stream(run_batch, clips: list[np.ndarray], batch: int, device: torch.device) -> list[torch.Tensor]:
     """Arrival order, ``batch`` clips at a time, zero-padded to the longest; per clip its valid frames."""
     out = []
@@ -142,6 +224,19 @@ def peer_stream(run_batch, clips: list[np.ndarray], batch: int, device: torch.de
         frames = (lengths - 400) // 320 + 1
         out.extend(hidden[row, : int(frames[row])] for row in range(len(group)))
     return out
+
+
+def in_its_batch(run_batch, clips: list[np.ndarray], i: int, batch: int, device: torch.device) -> torch.Tensor:
+    """Clip i's frames as ``peer_stream`` gives them (padded within its arrival-order batch),
+    running that batch only."""
+    start = i // batch * batch
+    return peer_stream(run_batch, clips[start : start + batch], batch, device)[i - start]
+
+
+def min_cosine(a, b) -> float:
+    """The lowest cosine over frames of two (..., T, C) outputs."""
+    a, b = torch.as_tensor(np.asarray(a)).float(), torch.as_tensor(np.asarray(b)).float()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
 
 def max_diff(a, b) -> float:
@@ -189,6 +284,14 @@ def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
     if "torchaudio" in models:
         agree["torchaudio vs transformers"] = max_diff(torchaudio_run(models["torchaudio"], waves, None), ref)
         systems["torchaudio"] = lambda: torchaudio_run(models["torchaudio"], waves, None)
+    full = torch.full((size,), waves.shape[1])
+    for name in (n for n in ONNX_SYSTEMS if n in models):
+        run = onnx_batch(models, name)
+        out = run(waves, full)
+        agree[f"{name} vs transformers"] = max_diff(out, ref)
+        if name.endswith("int8"):
+            agree[f"{name} vs transformers (min frame cosine)"] = min_cosine(out, ref)
+        systems[name] = lambda run=run: run(waves, full)
     if args.compile:
         systems.update(compiled_systems(models, clips, agree, ref))
     peaks = {"fp32": peak_probe(device, torch.float32, 2048 if device.type == "cpu" else 8192)}
@@ -247,6 +350,9 @@ def stream(models, args, device, cfg: ModelConfig) -> dict:
     if "torchaudio" in models:
         ta = models["torchaudio"]
         systems["torchaudio"] = lambda: peer_stream(lambda w, n: torchaudio_run(ta, w, n), clips, args.peer_batch, device)
+    onnx_names = [n for n in ONNX_SYSTEMS if n in models]
+    for name in onnx_names:
+        systems[name] = lambda run=onnx_batch(models, name): peer_stream(run, clips, args.peer_batch, device)
     # Agreement per item: speechssl's stream output vs each peer on the item alone (no padding).
     order = np.argsort(seconds)
     picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
@@ -257,6 +363,10 @@ def stream(models, args, device, cfg: ModelConfig) -> dict:
         alone = hf_run(hf, torch.from_numpy(clips[i])[None].to(device), False)[0]
         agree["speechssl stream vs transformers alone"] = max(agree["speechssl stream vs transformers alone"], max_diff(ours_out[i], alone))
         agree["transformers padded batch vs alone"] = max(agree["transformers padded batch vs alone"], max_diff(hf_stream[i], alone))
+        for name in onnx_names:
+            key = f"{name} padded batch vs transformers alone"
+            got = in_its_batch(onnx_batch(models, name), clips, i, args.peer_batch, device)
+            agree[key] = max(agree.get(key, 0.0), max_diff(got, alone))
     print(f"(b) stream: {args.stream} clips, {audio_s:.0f} s of audio ({padded_s:.0f} s once padded in batches of "
           f"{args.peer_batch}), {gflop:.0f} GFLOP", flush=True)
     for k, v in agree.items():
@@ -356,7 +466,8 @@ def cer_check(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (all systems alike)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads and onnxruntime's intra-op threads (all systems alike)")
     parser.add_argument("--fixed-batch", default="4", help="clips in (a); a comma list runs several sizes")
     parser.add_argument("--fixed-seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=5, help="rounds for (a)")
@@ -367,6 +478,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="speechssl's padded seconds per batch (default: 60 on CPU, 600 on GPU)")
     parser.add_argument("--no-torchaudio", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime peers (CPU only; exporting BASE "
+                        "twice takes ~40 s, and needs pip install onnx onnxscript onnxruntime)")
     parser.add_argument("--compile", action="store_true", help="also time speechssl under torch.compile in (a)")
     parser.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast on the CPU (it is slow without "
                         "native bf16: avx512_bf16 or AMX)")
@@ -386,6 +499,14 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown := set(args.families) - set(FAMILIES):
         parser.error(f"--families: unknown {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
     device = torch.device(args.device)
+    want_onnx = not args.no_onnx and not args.cer_only and device.type == "cpu"
+    if want_onnx:
+        from speechssl.interop.onnx import OnnxExportError, require_packages
+
+        try:
+            require_packages()
+        except OnnxExportError as exc:
+            parser.error(f"{exc}; or skip those peers with --no-onnx")
     torch.set_num_threads(args.threads)
     max_batch = args.max_batch_seconds or (600.0 if device.type == "cuda" else 60.0)
     report = {"benchmark": "encoder", "device": str(device), "machine": machine(device), "uptime_before": uptime(),
@@ -397,9 +518,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrote {args.out}")
         return report
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch, not args.no_bf16)
+        models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch, not args.no_bf16,
+                              onnx_threads=args.threads if want_onnx else None)
     cfg = models["speechssl"].encoder.config
     report["import_and_load_s"] = models.pop("load_s")
+    report["onnx_export_s"] = models.pop("onnx_export_s", None)
     report["workloads"] = [fixed_batch(models, args, device, cfg, int(n)) for n in str(args.fixed_batch).split(",")]
     if args.stream:
         report["workloads"].append(stream(models, args, device, cfg))
