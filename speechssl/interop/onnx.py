@@ -19,10 +19,9 @@ eager inference in two ways, both because eager inference is tuned for torch on 
   training path computes everything from the parameters; constant folding after the export
   turns the derived weights (the folded weight norm, the fused q/k/v) into initializers, so
   int8 quantization finds the matmul weights.
-- ``PaddedEncoder`` runs the encoder's steps itself rather than ``TransformerEncoder.forward``,
-  which skips the padding mask when ``bool(valid.all())``: a Python branch on tensor values,
-  which torch.export cannot trace (GuardOnDataDependentSymNode). The masked branch is exact
-  on an unpadded batch too, so the file always takes it.
+- ``TransformerEncoder.forward`` skips the padding mask when ``bool(valid.all())``, a Python
+  branch on tensor values that torch.export cannot trace; under ``torch.compiler.is_exporting()``
+  it always takes the masked branch, which is exact on an unpadded batch too.
 
 WavLM layouts (``rel_pos_bias``) are refused: their attention adds a float bias computed from
 the parameters, and torch 2.14's exporter fails on scaled_dot_product_attention with a float
@@ -46,7 +45,6 @@ from torch import Tensor, nn
 
 import speechssl
 from speechssl.errors import SpeechSSLError
-from speechssl.models.feature_encoder import valid_mask
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 
 PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -72,30 +70,15 @@ def require_packages() -> None:
 
 
 class PaddedEncoder(nn.Module):
-    """``Wav2Vec2Model.forward`` up to the last hidden state, always on its padded-batch path:
-    waves (B, N), lengths (B,) samples -> hidden (B, T, C), frames (B,)."""
+    """waves (B, N), lengths (B,) samples -> hidden (B, T, C), the last hidden state, and frames (B,)."""
 
     def __init__(self, encoder: Wav2Vec2Model):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        model, stack = self.encoder, self.encoder.encoder
-        if model.config.normalize_waveform:
-            waves = model.normalize(waves, lengths)
-        raw, frames = model.feature_extractor(waves, lengths)
-        x, _ = model.feature_projection(raw)
-        valid = valid_mask(frames, x.shape[1])
-        # TransformerEncoder.forward's branch for a padded batch: padding zeroed before the
-        # positional conv (as for an item alone), padded keys masked in every layer.
-        x = x * valid.unsqueeze(-1).to(x.dtype)
-        x = x + stack.pos_conv_embed(x, valid)
-        if not stack.pre_ln:
-            x = stack.layer_norm(x)
-        keys = valid[:, None, None, :]
-        for layer in stack.layers:  # no WavLM position bias: export_encoder refuses those layouts
-            x = layer(x, keys)
-        return (stack.layer_norm(x) if stack.pre_ln else x), frames
+        out = self.encoder(waves, lengths)
+        return out.last, out.lengths
 
 
 @contextlib.contextmanager

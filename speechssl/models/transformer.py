@@ -291,7 +291,8 @@ class TransformerEncoder(nn.Module):
         """
         cached = start_layer is not None
         attn_mask = None
-        if valid is not None and not bool(valid.all()):
+        # torch.export cannot branch on tensor values; the masked path is exact without padding too.
+        if valid is not None and (torch.compiler.is_exporting() or not bool(valid.all())):
             if not cached:  # padding must be zero before the positional conv, as for an item alone
                 x = x * valid.unsqueeze(-1).to(x.dtype)
             attn_mask = valid[:, None, None, :]  # (B, 1, 1, T): keys that may be attended
