@@ -265,9 +265,9 @@ def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
     systems = {"speechssl": lambda: ours.encode(clips)}
     if "speechssl int8" in models:
         q = models["speechssl int8"].encode(clips)
-        agree["speechssl int8 vs fp32 (max abs)"] = max(max_diff(f, ref[i]) for i, f in enumerate(q))
+        agree["speechssl int8 vs transformers fp32 (max abs)"] = max(max_diff(f, ref[i]) for i, f in enumerate(q))
         cos = [torch.nn.functional.cosine_similarity(torch.from_numpy(f), ref[i], dim=-1).min().item() for i, f in enumerate(q)]
-        agree["speechssl int8 vs fp32 (min frame cosine)"] = min(cos)
+        agree["speechssl int8 vs transformers fp32 (min frame cosine)"] = min(cos)
         systems["speechssl int8"] = lambda: models["speechssl int8"].encode(clips)
     if "speechssl bf16" in models:
         b16 = models["speechssl bf16"].encode(clips)
