@@ -552,9 +552,14 @@ def test_hubert_imports_and_every_layer_matches(tmp_path, name):
     assert_layers_match(encoder, hf, cfg)
 
 
-def assert_ctc_text_matches(tmp_path, hf, cfg) -> None:
-    """An imported CTC folder transcribes what transformers decodes greedily (its head made decisive)."""
+def assert_ctc_text_matches(tmp_path, hf, cfg, family: str) -> None:
+    """An imported CTC folder transcribes what transformers decodes greedily (its head made
+    decisive), in Python and through `serve --checkpoint <the folder>`, which names the family."""
+    import httpx
+
     import speechssl
+    from server.settings import Settings
+    from tests.test_server import LiveServer, wav_bytes
 
     with torch.no_grad():
         hf.lm_head.weight.mul_(20)
@@ -569,12 +574,18 @@ def assert_ctc_text_matches(tmp_path, hf, cfg) -> None:
         with torch.no_grad():
             logits = hf(values).logits[0]
         assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)
+    with LiveServer(Settings(checkpoint=str(tmp_path / "hf"), device="cpu", max_wait_ms=10)) as live:
+        card = httpx.get(live.url + "/v1/models").json()["data"][0]
+        answer = httpx.post(live.url + "/v1/audio/transcriptions", timeout=60,
+                            files={"file": ("a.wav", wav_bytes(waves[0].numpy(), 16000), "audio/wav")})
+    assert card["family"] == family and card["source"] == "transformers" and card["heads"] == ["embeddings", "ctc"]
+    assert answer.status_code == 200 and answer.json()["text"] == model.transcribe(waves[0].numpy(), 16000).text
 
 
 def test_hubert_ctc_transcribes_what_transformers_decodes(tmp_path):
     cfg = configs()["tiny"]
     hf = hubert_random(transformers.HubertForCTC, cfg, seed=13, vocab_size=len(VOCAB), pad_token_id=0)
-    assert_ctc_text_matches(tmp_path, hf, cfg)
+    assert_ctc_text_matches(tmp_path, hf, cfg, "hubert")
 
 
 def test_other_families_are_refused_by_name(tmp_path):
@@ -615,7 +626,7 @@ def test_data2vec_audio_imports_and_every_layer_matches(tmp_path, kernel):
 def test_data2vec_audio_ctc_transcribes_what_transformers_decodes(tmp_path):
     cfg = dataclasses.replace(configs()["tiny"], conv_norm="layer", conv_bias=True, pos_conv_kernel=19)
     hf = data2vec_random(transformers.Data2VecAudioForCTC, cfg, seed=15, vocab_size=len(VOCAB), pad_token_id=0)
-    assert_ctc_text_matches(tmp_path, hf, cfg)
+    assert_ctc_text_matches(tmp_path, hf, cfg, "data2vec-audio")
 
 
 @pytest.mark.parametrize(("buckets", "max_distance"), [(320, 800), (16, 20), (33, 50)])
@@ -660,14 +671,6 @@ def test_wavlm_imports_and_every_layer_matches(tmp_path, name):
 
 
 def test_wavlm_ctc_transcribes_what_transformers_decodes_and_serves_as_wavlm(tmp_path):
-    import httpx
-
-    from server.settings import Settings
-    from tests.test_server import LiveServer
-
     cfg = wavlm_config("tiny")
     hf = wavlm_random(transformers.WavLMForCTC, cfg, seed=17, vocab_size=len(VOCAB), pad_token_id=0)
-    assert_ctc_text_matches(tmp_path, hf, cfg)
-    with LiveServer(Settings(checkpoint=str(tmp_path / "ours.safetensors"), device="cpu", max_wait_ms=10)) as live:
-        card = httpx.get(live.url + "/v1/models").json()["data"][0]
-    assert card["family"] == "wavlm" and card["source"] == "transformers"
+    assert_ctc_text_matches(tmp_path, hf, cfg, "wavlm")
