@@ -47,6 +47,9 @@ def main() -> None:
     for stage in ("pretrain", "speaker"):
         state[stage] = {"seconds": seconds.get(stage, 0.0), "recovered_from": args.model,
                         "best": str(out / stage / "best.safetensors")}
+    # The pretraining run's step and validation figures travel on into the next package.
+    pretraining = meta.get("pretraining", {})
+    state["pretrain"].update(step=pretraining.get("step"), validation=pretraining.get("validation", pretraining.get("best")))
     state_path.write_text(json.dumps(state, indent=2))
     print(f"recovered pretrain ({len(encoder)} tensors) and speaker ({len(speaker)} tensors) into {out}")
 
