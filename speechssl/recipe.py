@@ -189,9 +189,13 @@ class Recipe:
                     "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "pretrain")}
         if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD[, Kokoro]
             train = [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")]
+            repeats = {}
             if self.config.data.kokoro_hours:
                 train.append(str(self.kokoro / "train.jsonl"))
-            return {"init_from": self.best("pretrain"), "data.train": train,
+            elif len(self.config.ctc.set.get("data.train_repeats") or []) == len(train) + 1:
+                # The YAML's last count is Kokoro's: without its manifest it has nothing to count.
+                repeats = {"data.train_repeats": self.config.ctc.set["data.train_repeats"][:-1]}
+            return {"init_from": self.best("pretrain"), "data.train": train, **repeats,
                     # Real first: validation reads a prefix (data.max_valid_utterances).
                     "data.valid": [self.real("an4-valid"), self.real("lj-valid"), str(self.corpus / "valid.jsonl")],
                     "run.out_dir": str(self.out / "ctc")}
