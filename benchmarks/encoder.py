@@ -84,21 +84,36 @@ def encoder_gflop(cfg: ModelConfig, samples: int) -> float:
 # --------------------------------------------------------------------------- models
 
 
+def save_and_import(hf, folder: Path) -> Path:
+    """A transformers model saved as a folder and imported as ``import-hf`` does: the checkpoint path."""
+    import transformers
+
+    from speechssl.interop.hf import import_hf
+
+    hf.save_pretrained(folder)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(folder)
+    import_hf(folder, folder.with_suffix(".safetensors"))
+    return folder.with_suffix(".safetensors")
+
+
+def random_clips(size: int, seconds: float) -> list[np.ndarray]:
+    """The fixed batch's clips: ``size`` seeded noise clips of ``seconds``."""
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(int(seconds * RATE), generator=gen) * 0.1).numpy() for _ in range(size)]
+
+
 def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float,
                  bf16: bool = True, onnx_threads: int | None = None):
     import transformers
 
     import speechssl
-    from speechssl.interop.hf import import_hf
 
     torch.manual_seed(0)
     config = transformers.Wav2Vec2Config()  # transformers' BASE (wav2vec2-base) layout
     config._attn_implementation = "sdpa"
     hf = transformers.Wav2Vec2Model(config).eval()
-    hf.save_pretrained(workdir / "hf")
-    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(workdir / "hf")
     start = time.perf_counter()
-    import_hf(workdir / "hf", workdir / "base.safetensors")
+    save_and_import(hf, workdir / "base")
     models = {"hf": hf.to(device)}
     models["speechssl"] = speechssl.load(workdir / "base.safetensors", device=str(device), precision="fp32")
     models["load_s"] = time.perf_counter() - start
@@ -254,8 +269,7 @@ def peak_probe(device: torch.device, dtype: torch.dtype, size: int):
 
 
 def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    clips = [(torch.randn(int(args.fixed_seconds * RATE), generator=gen) * 0.1).numpy() for _ in range(size)]
+    clips = random_clips(size, args.fixed_seconds)
     waves = torch.from_numpy(np.stack(clips)).to(device)
     audio_s = size * args.fixed_seconds
     gflop = size * encoder_gflop(cfg, len(clips[0]))
@@ -266,8 +280,7 @@ def fixed_batch(models, args, device, cfg: ModelConfig, size: int) -> dict:
     if "speechssl int8" in models:
         q = models["speechssl int8"].encode(clips)
         agree["speechssl int8 vs transformers fp32 (max abs)"] = max(max_diff(f, ref[i]) for i, f in enumerate(q))
-        cos = [torch.nn.functional.cosine_similarity(torch.from_numpy(f), ref[i], dim=-1).min().item() for i, f in enumerate(q)]
-        agree["speechssl int8 vs transformers fp32 (min frame cosine)"] = min(cos)
+        agree["speechssl int8 vs transformers fp32 (min frame cosine)"] = min(min_cosine(f, ref[i]) for i, f in enumerate(q))
         systems["speechssl int8"] = lambda: models["speechssl int8"].encode(clips)
     if "speechssl bf16" in models:
         b16 = models["speechssl bf16"].encode(clips)
@@ -387,21 +400,15 @@ def families(args, device, workdir: Path) -> list[dict]:
     import transformers
 
     import speechssl
-    from speechssl.interop.hf import import_hf
 
-    gen = torch.Generator().manual_seed(0)
-    clips = [(torch.randn(int(args.fixed_seconds * RATE), generator=gen) * 0.1).numpy() for _ in range(4)]
+    clips = random_clips(4, args.fixed_seconds)
     waves = torch.from_numpy(np.stack(clips)).to(device)
     out = []
     for family in args.families:
         config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[family])
         torch.manual_seed(0)
         hf = model_cls(config_cls()).eval()
-        folder = workdir / family
-        hf.save_pretrained(folder)
-        transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(folder)
-        import_hf(folder, workdir / f"{family}.safetensors")
-        ours = speechssl.load(workdir / f"{family}.safetensors", device=str(device), precision="fp32")
+        ours = speechssl.load(save_and_import(hf, workdir / family), device=str(device), precision="fp32")
         hf = hf.to(device)
         ref = hf_run(hf, waves, bf16=False)
         agree = {"speechssl vs transformers": max(max_diff(f, ref[i]) for i, f in enumerate(ours.encode(clips)))}
