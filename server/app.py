@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.batcher.start()
         app.state.ready = True
-        log.info("serving %s on %s (%s%s)", model.name, model.device, "bf16" if model.bf16 else "fp32",
+        log.info("serving %s on %s (%s%s)", model.name, model.device, model.precision,
                  f", {settings.quantize} matmuls" if settings.quantize else "")
         yield
         app.state.ready = False

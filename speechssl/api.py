@@ -85,6 +85,11 @@ class SpeechModel:
         return self.encoder.config.hidden_size
 
     @property
+    def precision(self) -> str:
+        """The encoder's compute as resolved from ``precision``: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
     def heads(self) -> list[str]:
         """What this checkpoint can do: "embeddings" always, "ctc" and "speaker" when it holds those heads."""
         return ["embeddings"] + ["ctc"] * (self.ctc_head is not None) + ["speaker"] * (self.speaker_head is not None)

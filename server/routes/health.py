@@ -29,5 +29,5 @@ async def models(request: Request) -> ModelList:
                                      sample_rate=SAMPLE_RATE, heads=model.heads,
                                      family=source.get("family", "wav2vec2") if isinstance(source, dict) else "wav2vec2",
                                      source=source.get("format", "speechssl") if isinstance(source, dict) else "speechssl",
-                                     precision="bf16" if model.bf16 else "fp32",
+                                     precision=model.precision,
                                      quantize=request.app.state.settings.quantize)])
