@@ -74,6 +74,10 @@ class DataSources:
 class EvaluateConfig:
     speaker_per_speaker: int = 40  # test-split utterances per voice in the EER trials
     lm_order: int = 3  # beam search with a word n-gram of the train transcripts; 0 skips it
+    # The beam search's LM weight and word insertion score the package carries; pick them on
+    # validation speech with experiments/lm_sweep.py, never on a test set.
+    lm_weight: float = 0.5
+    word_score: float = 0.0
 
 
 @dataclass
@@ -267,9 +271,9 @@ class Recipe:
                     "ctc": {k: ctc.metadata.get(k) for k in ("step", "frozen_layers", "init_from")}}
         if lm is not None:
             state[LM_KEY] = torch.frombuffer(bytearray(gzip.compress(lm, mtime=0)), dtype=torch.uint8)
-            settings = BeamSettings()
-            metadata["lm"] = {"order": self.config.evaluate.lm_order, "beam_size": settings.beam_size,
-                              "lm_weight": settings.lm_weight, "word_score": settings.word_score,
+            settings, chosen = BeamSettings(), self.config.evaluate
+            metadata["lm"] = {"order": chosen.lm_order, "beam_size": settings.beam_size,
+                              "lm_weight": chosen.lm_weight, "word_score": chosen.word_score,
                               "text": "the training transcripts (synthetic train split, AN4, LJ Speech, FSDD)"}
         save_checkpoint(self.model_path, Checkpoint(state, ctc.model_config, metadata))
 
