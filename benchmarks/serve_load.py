@@ -63,10 +63,12 @@ def free_port() -> int:
 class Server:
     """``speechssl serve`` in a child process (uvicorn, one worker), configured by SPEECHSSL_* variables."""
 
-    def __init__(self, checkpoint: str, device: str, max_batch_items: int | None, api_key: str | None):
+    def __init__(self, checkpoint: str, device: str, max_batch_items: int | None, api_key: str | None,
+                 extra_env: dict[str, str] | None = None):
         self.port = free_port()
         env = {**os.environ, "SPEECHSSL_CHECKPOINT": checkpoint, "SPEECHSSL_DEVICE": device,
-               "SPEECHSSL_PORT": str(self.port), "SPEECHSSL_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+               "SPEECHSSL_PORT": str(self.port), "SPEECHSSL_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT),
+               **(extra_env or {})}
         if max_batch_items is not None:
             env["SPEECHSSL_MAX_BATCH_ITEMS"] = str(max_batch_items)
         if api_key:
@@ -104,6 +106,13 @@ class Server:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def parse_env(variant: str) -> dict[str, str]:
+    pairs = [item.partition("=") for item in variant.split(",")]
+    if any(not key or not sep for key, sep, _ in pairs):
+        sys.exit(f"--variant {variant!r}: expected KEY=VALUE[,KEY=VALUE]")
+    return {key: value for key, _, value in pairs}
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -215,6 +224,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64, help="how many clips to cycle through")
     parser.add_argument("--no-baseline", action="store_true", help="skip the max_batch_items=1 server")
     parser.add_argument("--no-offline", action="store_true", help="skip the in-process batch throughput")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="one more batched server with these environment variables (repeatable), "
+                        "e.g. OMP_WAIT_POLICY=PASSIVE or SPEECHSSL_MAX_WAIT_MS=0: a before/after in one run")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if not (args.url or args.checkpoint):
@@ -231,7 +243,9 @@ def main() -> None:
 
     servers: dict[str, Server | None] = {"url": None} if args.url else {
         "batched": Server(args.checkpoint, args.device, None, args.api_key),
-        **({} if args.no_baseline else {"max_batch_1": Server(args.checkpoint, args.device, 1, args.api_key)})}
+        **({} if args.no_baseline else {"max_batch_1": Server(args.checkpoint, args.device, 1, args.api_key)}),
+        **{variant: Server(args.checkpoint, args.device, None, args.api_key, parse_env(variant))
+           for variant in args.variant}}
     try:
         for server in servers.values():
             if server:
@@ -249,6 +263,8 @@ def main() -> None:
             url = args.url or server.url
             report["runs"][label] = result = {**tallies[label].summary(), "mean_batch_size": batch_sizes(url),
                                               "server_peak_rss_mb": server and server.peak_rss_mb()}
+            if label in args.variant:
+                result["server_fraction_of_offline"] = None  # filled in below
             print(f"{label:>12}: {result['requests_per_s']:7.2f} req/s  {result['audio_s_per_s']:7.2f} audio-s/s  "
                   f"p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
                   f"errors {result['errors']}  batch {result['mean_batch_size']}  "
@@ -267,6 +283,10 @@ def main() -> None:
         report["server_fraction_of_offline"] = round(served / report["offline"]["audio_s_per_s"], 3)
         print(f"     offline: {report['offline']['audio_s_per_s']:7.2f} audio-s/s (in-process batches); the batched "
               f"server reaches {report['server_fraction_of_offline']:.0%} of it")
+        for variant in args.variant:
+            runs[variant]["server_fraction_of_offline"] = round(
+                runs[variant]["audio_s_per_s"] / report["offline"]["audio_s_per_s"], 3)
+            print(f"     {variant}: {runs[variant]['server_fraction_of_offline']:.0%} of offline")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
