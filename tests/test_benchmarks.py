@@ -76,3 +76,29 @@ def test_encoder_accuracy_check_scores_every_cpu_path(tmp_path):
     assert rows["utterances"] == 2 and set(rows) == {"utterances", "fp32", "bf16", "int8", "int8+bf16"}
     assert all(0 <= rows[p]["cer"] <= 1 for p in ("fp32", "bf16", "int8", "int8+bf16"))
     assert rows["bf16"]["cer_change_points"] == pytest.approx(100 * (rows["bf16"]["cer"] - rows["fp32"]["cer"]))
+
+
+def test_lm_sweep_decodes_every_pair_and_picks_the_lowest_objective(tiny_checkpoint, tmp_path):
+    """experiments/lm_sweep.py on a tiny CTC checkpoint that carries a word 2-gram, on a
+    manifest of real clips: one row per (lm_weight, word_score), the pick is the row with the
+    lowest objective, and the checkpoint's own settings are not changed."""
+    from speechssl.checkpoint import load_checkpoint
+    from tests.test_server_heads import build_heads_checkpoint
+
+    ckpt = build_heads_checkpoint(tiny_checkpoint, tmp_path / "lm.safetensors", speaker=False, lm=True)
+    manifest = tmp_path / "valid.jsonl"
+    manifest.write_text("".join(json.dumps({"id": name, "path": str(ROOT / "tests/fixtures" / name), "text": "the cat sat",
+                                            "duration": 1.0}) + "\n" for name in ("speech.wav", "speech_8k.wav")))
+    out = tmp_path / "sweep.json"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments/lm_sweep.py"), "--checkpoint", str(ckpt),
+                           "--sets", f"tiny={manifest}", "--objective", "tiny=cer", "--lm-weights", "0.5", "2",
+                           "--word-scores", "0", "1", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    pairs = [(r["lm_weight"], r["word_score"]) for r in report["rows"]]
+    assert pairs == [(0.5, 0.0), (0.5, 1.0), (2.0, 0.0), (2.0, 1.0)]
+    assert all(r["objective"] == round(r["tiny"]["cer"], 4) for r in report["rows"])
+    best = min(report["rows"], key=lambda r: r["objective"])
+    assert report["best"] == {"lm_weight": best["lm_weight"], "word_score": best["word_score"]}
+    assert load_checkpoint(ckpt).metadata["lm"]["lm_weight"] == 2.0
