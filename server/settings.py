@@ -45,7 +45,7 @@ class Settings(BaseSettings):
                                              "(CPU only; faster, CER +0.05 points on the shipped model's test split: docs/benchmarks.md)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16: bfloat16 autocast (a GPU, or a CPU with native bf16: avx512_bf16/AMX); "
-                            "auto: bf16 on a GPU, fp32 on a CPU")
+                            "auto: bf16 on a GPU and on a CPU with native bf16, else fp32")
     log_level: str = "info"
 
     def deadline_seconds(self, device_type: str) -> float:

@@ -512,7 +512,7 @@ def test_a_cache_entry_and_serve_checkpoint_on_a_transformers_folder(tmp_path):
     values, _ = hf_inputs(waves, lengths, cfg)
     with torch.no_grad():
         expected = transformers_text(tokenizer, hf(values).logits[0])
-    with LiveServer(Settings(checkpoint=str(entry), device="cpu", max_wait_ms=10)) as live:
+    with LiveServer(Settings(checkpoint=str(entry), device="cpu", max_wait_ms=10, precision="fp32")) as live:
         card = httpx.get(live.url + "/v1/models").json()["data"][0]
         assert card["source"] == "transformers" and card["family"] == "wav2vec2" and card["heads"] == ["embeddings", "ctc"]
         audio = wav_bytes(waves[0].numpy(), 16000)
@@ -574,7 +574,7 @@ def assert_ctc_text_matches(tmp_path, hf, cfg, family: str) -> None:
         with torch.no_grad():
             logits = hf(values).logits[0]
         assert model.transcribe(waves[i, :n].numpy(), sample_rate=16000).text == transformers_text(tokenizer, logits)
-    with LiveServer(Settings(checkpoint=str(tmp_path / "hf"), device="cpu", max_wait_ms=10)) as live:
+    with LiveServer(Settings(checkpoint=str(tmp_path / "hf"), device="cpu", max_wait_ms=10, precision="fp32")) as live:
         card = httpx.get(live.url + "/v1/models").json()["data"][0]
         answer = httpx.post(live.url + "/v1/audio/transcriptions", timeout=60,
                             files={"file": ("a.wav", wav_bytes(waves[0].numpy(), 16000), "audio/wav")})

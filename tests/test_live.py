@@ -27,7 +27,8 @@ LIVE = "/v1/audio/transcriptions/live"
 def server(tiny_checkpoint, tmp_path_factory):
     path = build_heads_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("live") / "heads.safetensors", speaker=False)
     settings = Settings(checkpoint=str(path), device="cpu", max_audio_seconds=20, max_wait_ms=5, api_key="sekret",
-                        body_timeout_s=2.0, header_timeout_s=1.0, max_live_sessions=2)
+                        body_timeout_s=2.0, header_timeout_s=1.0, max_live_sessions=2,
+                        precision="fp32")  # the client test compares with the fp32 model loaded in-process
     with LiveServer(settings) as live:
         yield live
 

@@ -61,8 +61,10 @@ def checkpoint(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
+    # fp32: these tests compare the server with the Python API's fp32 (serve's auto is bf16 on a
+    # CPU with native bf16: test_serve_auto_precision_is_bf16_where_the_cpu_has_it).
     settings = Settings(checkpoint=checkpoint, device="cpu", max_upload_bytes=2_000_000, max_audio_seconds=20,
-                        max_wait_ms=30, api_key="sekret")
+                        max_wait_ms=30, api_key="sekret", precision="fp32")
     with LiveServer(settings) as live:
         yield live
 
@@ -212,6 +214,34 @@ def test_int8_server_stays_close_to_fp32(server, checkpoint, speech):
     assert cosine > 0.98 and not np.allclose(fp32, int8)
     with pytest.raises(ValueError, match="quantize"):
         Settings(quantize="int4")
+
+
+def test_serve_auto_precision_is_bf16_where_the_cpu_has_it(monkeypatch):
+    """`serve`'s default (precision auto): bf16 on a CPU with native bf16; on one without, auto
+    stays auto (SpeechModel computes fp32 on a CPU); an explicit setting is kept either way."""
+    import speechssl.device
+    from server.app import serving_precision
+
+    for native in (True, False):
+        monkeypatch.setattr(speechssl.device, "native_bf16", lambda: native)
+        assert serving_precision(Settings(device="cpu")) == ("bf16" if native else "auto")  # auto: fp32 on a CPU
+        assert serving_precision(Settings(device="cpu", precision="fp32")) == "fp32"
+        assert serving_precision(Settings(device="cpu", precision="bf16")) == "bf16"
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from speechssl.device import native_bf16
+
+    real_open = builtins.open
+    for flags, expected in (("fpu sse2 avx512f avx512_bf16 avx512_vnni", True), ("fpu sse2 amx_bf16", True),
+                            ("fpu sse2 avx2 avx512f", False)):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+        assert native_bf16() is expected
+    monkeypatch.setattr(builtins, "open", real_open)
 
 
 def test_bf16_server_stays_close_to_fp32_and_says_what_it_computes(server, checkpoint, speech):

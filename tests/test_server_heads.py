@@ -333,7 +333,7 @@ def test_a_checkpoint_with_a_language_model_decodes_with_it_by_default(tiny_chec
         speechssl.load(tiny_checkpoint).decoder("beam_lm")
     with pytest.raises(ValueError, match="decoding must be one of"):
         model.decoder("viterbi")
-    settings = Settings(checkpoint=str(path), device="cpu", max_wait_ms=10)
+    settings = Settings(checkpoint=str(path), device="cpu", max_wait_ms=10, precision="fp32")  # vs the fp32 API
     with LiveServer(settings) as live:
         for clip, text, plain in zip(clips, auto, greedy):
             for decoding, expected in (("auto", text), ("beam_lm", text), ("greedy", plain)):
