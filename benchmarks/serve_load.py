@@ -185,10 +185,12 @@ class Offline:
     def __init__(self, checkpoint: str, device: str, route: str, paths: list[Path]):
         sys.path.insert(0, str(ROOT))
         import speechssl
+        from server.app import serving_precision
         from server.settings import Settings
         from speechssl.audio import load_audio
 
-        self.model = speechssl.load(checkpoint, device)
+        # The precision the servers compute in (serve's auto: bf16 on a CPU with native bf16).
+        self.model = speechssl.load(checkpoint, device, precision=serving_precision(Settings(device=device)))
         self.model.max_batch_seconds = Settings().batch_seconds(self.model.device.type)  # as the server does
         self.waves = [load_audio(p) for p in paths]
         self.method = self.model.embed if route == "embeddings" else self.model.transcribe
