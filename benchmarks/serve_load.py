@@ -265,8 +265,6 @@ def main() -> None:
             url = args.url or server.url
             report["runs"][label] = result = {**tallies[label].summary(), "mean_batch_size": batch_sizes(url),
                                               "server_peak_rss_mb": server and server.peak_rss_mb()}
-            if label in args.variant:
-                result["server_fraction_of_offline"] = None  # filled in below
             print(f"{label:>12}: {result['requests_per_s']:7.2f} req/s  {result['audio_s_per_s']:7.2f} audio-s/s  "
                   f"p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
                   f"errors {result['errors']}  batch {result['mean_batch_size']}  "

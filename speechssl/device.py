@@ -11,12 +11,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def native_bf16() -> bool:
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """The CPU computes bfloat16 natively (avx512_bf16 or AMX), so bf16 autocast is faster
     than fp32 there; elsewhere it is emulated and slower. Linux only: False where
-    /proc/cpuinfo cannot be read."""
+    ``cpuinfo`` cannot be read."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_serve_load_reports_both_servers_and_the_offline_run(tiny_checkpoint, tmp_path):
     """Three real servers (batched, max_batch_1 and a --variant with its own environment), real
     clips (a folder of WAVs), a second of load each: every figure the docs quote is in the
-    JSON, and nothing failed."""
+    JSON, nothing failed, and the variant ran with its environment (an upload limit below the
+    clips' size: every answer a 413)."""
     clips = tmp_path / "clips"
     clips.mkdir()
     for name in ("speech.wav", "speech_8k.wav"):
@@ -23,16 +24,17 @@ def test_serve_load_reports_both_servers_and_the_offline_run(tiny_checkpoint, tm
     out = tmp_path / "load.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks/serve_load.py"), "--checkpoint", str(tiny_checkpoint),
                            "--route", "embeddings", "--clients", "2", "--seconds", "1", "--rounds", "1",
-                           "--audio", str(clips), "--variant", "SPEECHSSL_MAX_BATCH_ITEMS=1", "--json", str(out)],
+                           "--audio", str(clips), "--variant", "SPEECHSSL_MAX_UPLOAD_BYTES=1000", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["clips"] == 2 and set(report["runs"]) == {"batched", "max_batch_1", "SPEECHSSL_MAX_BATCH_ITEMS=1"}
+    variant = report["runs"].pop("SPEECHSSL_MAX_UPLOAD_BYTES=1000")
+    assert report["clips"] == 2 and set(report["runs"]) == {"batched", "max_batch_1"}
     for run in report["runs"].values():
         assert run["requests"] > 0 and run["errors"] == 0 and run["server_peak_rss_mb"] > 0
     assert report["runs"]["max_batch_1"]["mean_batch_size"] == 1
-    assert report["runs"]["SPEECHSSL_MAX_BATCH_ITEMS=1"]["mean_batch_size"] == 1  # the variant's environment took
-    assert report["runs"]["SPEECHSSL_MAX_BATCH_ITEMS=1"]["server_fraction_of_offline"] > 0
+    assert variant["requests"] == 0 and set(variant["statuses"]) == {"413"} and variant["errors"] > 0
+    assert variant["server_fraction_of_offline"] == 0
     assert report["offline"]["audio_s_per_s"] > 0 and report["server_fraction_of_offline"] > 0
 
 

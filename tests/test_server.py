@@ -229,19 +229,15 @@ def test_serve_auto_precision_is_bf16_where_the_cpu_has_it(monkeypatch):
         assert serving_precision(Settings(device="cpu", precision="bf16")) == "bf16"
 
 
-def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
-    import builtins
-
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
     from speechssl.device import native_bf16
 
-    real_open = builtins.open
+    cpuinfo = tmp_path / "cpuinfo"
     for flags, expected in (("fpu sse2 avx512f avx512_bf16 avx512_vnni", True), ("fpu sse2 amx_bf16", True),
                             ("fpu sse2 avx2 avx512f", False)):
-        cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-        assert native_bf16() is expected
-    monkeypatch.setattr(builtins, "open", real_open)
+        assert native_bf16(str(cpuinfo)) is expected
+    assert native_bf16(str(tmp_path / "missing")) is False
 
 
 def test_bf16_server_stays_close_to_fp32_and_says_what_it_computes(server, checkpoint, speech):
