@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint.safetensors, resume.pt, metrics.jsonl, tensorboard/ and curves.png.")
     add_overrides(train_speaker)
 
-    recipe = sub.add_parser("recipe", help="make a model from nothing: data, pretrain, ctc, speaker, evaluate, package",
+    recipe = sub.add_parser("recipe", help="make a model from nothing: data, pretrain(2), ctc, speaker, evaluate, package",
                             description="Run a recipe (configs/recipes/default.yaml makes the shipped default "
-                            "model) stage by stage: data -> pretrain -> ctc -> speaker -> evaluate -> package. "
+                            "model) stage by stage: data -> pretrain -> pretrain2 -> ctc -> speaker -> evaluate -> "
+                            "package (pretrain2, a second HuBERT iteration, only where the recipe has one). "
                             "Finished stages are recorded in out_dir/stages.json and skipped; an interrupted "
                             "training stage resumes from its last checkpoint, so after a kill run the same "
                             "command again.")

@@ -1,13 +1,15 @@
 """The recipe that makes the shipped default model from nothing, stage by stage.
 
-``speechssl recipe configs/recipes/default.yaml`` runs data -> pretrain -> ctc -> speaker
--> evaluate -> package. Each stage calls the same library function as its own CLI
+``speechssl recipe configs/recipes/default.yaml`` runs data -> pretrain [-> pretrain2] -> ctc
+-> speaker -> evaluate -> package. Each stage calls the same library function as its own CLI
 command, with the recipe's paths and settings as overrides; a finished stage is
 recorded in ``out_dir/stages.json`` and skipped on the next run, and an unfinished
 training stage resumes from its ``resume.pt``. So after a kill the same command goes on
 where it stopped, losing at most one checkpoint interval.
 
-Every head is trained from the self-supervised encoder the pretrain stage makes, on
+Every head is trained from the self-supervised encoder the pretraining makes (HuBERT's
+second iteration, ``pretrain2``, when the recipe has one: labels from a layer of the first
+iteration's encoder, starting from its weights), on
 synthetic and real speech (``speechssl.data.real``'s splits; their held-out speakers are
 in no stage but evaluate). The speaker head reads that encoder's frozen layers; CTC
 fine-tunes a copy, and the packaged file holds the encoder once plus the weights CTC
@@ -31,7 +33,7 @@ from speechssl.data.real import FSDD_TEST_SPEAKER
 
 log = logging.getLogger("speechssl.recipe")
 
-STAGES = ("data", "pretrain", "ctc", "speaker", "evaluate", "package")
+STAGES = ("data", "pretrain", "pretrain2", "ctc", "speaker", "evaluate", "package")
 
 
 @dataclass
@@ -85,6 +87,8 @@ class RecipeConfig:
     pretrain: StageConfig
     ctc: StageConfig
     speaker: StageConfig
+    # HuBERT's second iteration on the first one's encoder; null: the heads read the first.
+    pretrain2: StageConfig | None = None
     out_dir: str = "runs/default"
     data: DataSources = field(default_factory=DataSources)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -92,8 +96,8 @@ class RecipeConfig:
     ship_dtype: str = "float16"  # weights on disk; the model computes in fp32 on CPU
 
     def validate(self) -> None:
-        for name in ("pretrain", "ctc", "speaker"):
-            if not Path(getattr(self, name).config).is_file():
+        for name in ("pretrain", "pretrain2", "ctc", "speaker"):
+            if getattr(self, name) is not None and not Path(getattr(self, name).config).is_file():
                 raise ConfigError(f"{name}.config: file not found: {getattr(self, name).config}")
         if self.ship_dtype not in ("float16", "float32"):
             raise ConfigError("ship_dtype must be float16 or float32")
@@ -105,7 +109,10 @@ class Recipe:
         self.gpu = gpu
         self.out = Path(config.out_dir)
         self.state_path = self.out / "stages.json"
-        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.state = self.read_state()
+
+    def read_state(self) -> dict[str, Any]:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     # ---------------------------------------------------------------- paths the stages share
     @property
@@ -132,6 +139,11 @@ class Recipe:
     def best(self, stage: str) -> str:
         return str(self.out / stage / "best.safetensors")
 
+    @property
+    def encoder(self) -> str:
+        """The self-supervised encoder every head is trained from: the last pretraining iteration's."""
+        return self.best("pretrain2" if self.config.pretrain2 else "pretrain")
+
     def started(self, stage: str) -> bool:
         """An earlier, interrupted run of this training stage left a resume point."""
         return (self.out / stage / "resume.pt").exists()
@@ -139,7 +151,7 @@ class Recipe:
     # ---------------------------------------------------------------- running
     def run(self, only: list[str] | None = None) -> dict[str, Any]:
         for stage in STAGES:
-            if only and stage not in only:
+            if (only and stage not in only) or (stage == "pretrain2" and not self.config.pretrain2):
                 continue
             if stage in self.state and not only:
                 log.info("stage %s: done earlier (%.0f s), skipped", stage, self.state[stage]["seconds"])
@@ -147,7 +159,9 @@ class Recipe:
             log.info("stage %s: starting", stage)
             start = time.monotonic()
             result = getattr(self, f"stage_{stage}")()
-            self.state[stage] = {"seconds": round(time.monotonic() - start, 1), **(result or {})}
+            # Re-read first: another process may have finished a stage meanwhile (`--stage`).
+            finished = {"seconds": round(time.monotonic() - start, 1), **(result or {})}
+            self.state = {**self.read_state(), stage: finished}
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.state_path, lambda tmp: Path(tmp).write_text(json.dumps(self.state, indent=2)))
             log.info("stage %s: done in %.0f s", stage, self.state[stage]["seconds"])
@@ -188,9 +202,12 @@ class Recipe:
     def stage_paths(self, name: str) -> dict[str, Any]:
         """The paths a training stage gets from the recipe, on top of its own config and ``set``."""
         corpus = str(self.corpus / "train.jsonl")
-        if name == "pretrain":  # synthetic train split + every real file no evaluation holds out, no labels
-            return {"data.train": [corpus, self.real("unlabeled-real")],
-                    "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / "pretrain")}
+        if name in ("pretrain", "pretrain2"):  # synthetic train split + every real file no evaluation holds out
+            paths = {"data.train": [corpus, self.real("unlabeled-real")],
+                     "data.valid": [str(self.corpus / "valid.jsonl")], "run.out_dir": str(self.out / name)}
+            if name == "pretrain2":  # targets from the first iteration's layers, and its weights as the start
+                paths.update({"init_from": self.best("pretrain"), "objective.label_from": self.best("pretrain")})
+            return paths
         if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD[, Kokoro]
             train = [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")]
             repeats = {}
@@ -199,7 +216,7 @@ class Recipe:
             elif len(self.config.ctc.set.get("data.train_repeats") or []) == len(train) + 1:
                 # The YAML's last count is Kokoro's: without its manifest it has nothing to count.
                 repeats = {"data.train_repeats": self.config.ctc.set["data.train_repeats"][:-1]}
-            return {"init_from": self.best("pretrain"), "data.train": train, **repeats,
+            return {"init_from": self.encoder, "data.train": train, **repeats,
                     # Real first: validation reads a prefix (data.max_valid_utterances).
                     "data.valid": [self.real("an4-valid"), self.real("lj-valid"), str(self.corpus / "valid.jsonl")],
                     "run.out_dir": str(self.out / "ctc")}
@@ -208,7 +225,7 @@ class Recipe:
         train = [corpus, self.real("librispeech"), self.real("fsdd-train"), self.real("an4-train")]
         if self.config.data.voices:
             train.append(str(self.voices / "train.jsonl"))
-        return {"init_from": self.best("pretrain"), "finetune_top_layers": 0, "data.train": train,
+        return {"init_from": self.encoder, "finetune_top_layers": 0, "data.train": train,
                 "data.valid": [str(self.corpus / "valid.jsonl"), self.real("an4-valid")],
                 "speaker_id_pattern": "^([0-9]+)-", "run.out_dir": str(self.out / "speaker")}
 
@@ -216,6 +233,11 @@ class Recipe:
         from speechssl.train.pretrain import run_pretrain
 
         return self.train_stage("pretrain", run_pretrain)
+
+    def stage_pretrain2(self) -> dict[str, Any]:
+        from speechssl.train.pretrain import run_pretrain
+
+        return self.train_stage("pretrain2", run_pretrain)
 
     def stage_ctc(self) -> dict[str, Any]:
         from speechssl.train.ctc import run_finetune_ctc
@@ -284,6 +306,7 @@ class Recipe:
             "kind": "default", "recipe": to_dict(self.config), "gpu": self.gpu,
             "stage_seconds": {name: s["seconds"] for name, s in self.state.items()},
             "pretraining": self.state.get("pretrain", {}),
+            **({"pretraining_iteration2": self.state["pretrain2"]} if "pretrain2" in self.state else {}),
             "results": {name: {k: v for k, v in figures.items() if not isinstance(v, (dict, list))}
                         for name, figures in results.items()},
         })

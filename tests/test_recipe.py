@@ -32,7 +32,11 @@ def test_the_shipped_recipe_config_is_valid(tmp_path):
 
     for gpu in (False, True):
         recipe = Recipe(config, gpu=gpu)
-        for stage, cls in (("pretrain", PretrainConfig), ("ctc", CtcConfig), ("speaker", SpeakerConfig)):
+        assert recipe.stage_paths("ctc")["init_from"] == recipe.stage_paths("speaker")["init_from"] \
+            == recipe.best("pretrain2")  # every head reads the second iteration's encoder
+        assert recipe.stage_paths("pretrain2")["objective.label_from"] == recipe.best("pretrain")
+        for stage, cls in (("pretrain", PretrainConfig), ("pretrain2", PretrainConfig), ("ctc", CtcConfig),
+                           ("speaker", SpeakerConfig)):
             paths = {**recipe.stage_paths(stage), **({"init_from": str(DEFAULT)} if stage != "pretrain" else {})}
             load_config(cls, getattr(config, stage).config, recipe.stage_overrides(getattr(config, stage), paths))
 
@@ -46,6 +50,15 @@ def test_gpu_settings_only_on_a_gpu(tmp_path):
     assert 'model.preset="base"' in gpu.stage_overrides(config.pretrain, paths)
     assert not any(o.startswith("model.preset") for o in cpu.stage_overrides(config.pretrain, paths))
     assert cpu.stage_overrides(config.pretrain, paths)[-1] == 'run.out_dir="x"'  # the recipe's paths win
+
+
+def test_without_a_second_iteration_the_heads_read_the_first(tmp_path):
+    config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}", "pretrain2=null"])
+    recipe = Recipe(config, gpu=False)
+    assert recipe.stage_paths("ctc")["init_from"] == recipe.stage_paths("speaker")["init_from"] \
+        == str(tmp_path / "pretrain" / "best.safetensors")
+    with pytest.raises(ConfigError, match="pretrain2.config: file not found"):
+        load_config(RecipeConfig, DEFAULT, ["pretrain2.config=configs/pretrain/nope.yaml"])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -62,7 +75,7 @@ def test_bad_recipe_configs_are_named(overrides, message):
 
 
 def test_unknown_stage_and_missing_stage_config(tmp_path):
-    with pytest.raises(ConfigError, match="unknown stage 'finetune'; stages: data, pretrain, ctc"):
+    with pytest.raises(ConfigError, match="unknown stage 'finetune'; stages: data, pretrain, pretrain2, ctc"):
         run_recipe(str(DEFAULT), [f"out_dir={tmp_path}"], only=["finetune"])
     bad = tmp_path / "recipe.yaml"
     bad.write_text("out_dir: x\npretrain: {config: configs/pretrain/small.yaml}\n")
@@ -72,7 +85,7 @@ def test_unknown_stage_and_missing_stage_config(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
-    """data -> pretrain -> ctc -> speaker -> evaluate -> package on a 0.2 h corpus (0.1 h gives one
+    """data -> pretrain -> pretrain2 -> ctc -> speaker -> evaluate -> package on a 0.2 h corpus (0.1 h gives one
     validation utterance per voice: no same-speaker trial), a few steps each;
     the packaged file holds both heads in fp16 and loads; a second run skips every stage."""
     if not shutil.which("espeak-ng"):
@@ -89,6 +102,8 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
         "evaluate.lm_order=2", "data.voices=3", "data.voices_per_speaker=2",
         "data.kokoro_hours=0",  # the Kokoro extra is optional (and 15 min of synthesis): CI has none
         f"pretrain.set={{optim.max_steps: 3, data.max_valid_utterances: 4, {tiny}}}",
+        f"pretrain2.set={{optim.max_steps: 3, data.max_valid_utterances: 4, objective.kmeans_utterances: 20, "
+        f"{tiny}}}",
         f"ctc.set={{optim.max_steps: 3, optim.warmup_steps: 1, optim.hold_steps: 1, data.max_valid_utterances: 4, "
         f"{tiny}}}",
         # Valid utterances interleave speaker by speaker: 4 synthetic + 6 AN4 speakers need 20 for same-speaker trials.
@@ -97,7 +112,7 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     ]
     state = run_recipe(str(DEFAULT), overrides)
     assert list(state) == list(STAGES)
-    assert state["pretrain"]["step"] == state["ctc"]["step"] == state["speaker"]["step"] == 3
+    assert {state[name]["step"] for name in ("pretrain", "pretrain2", "ctc", "speaker")} == {3}
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {f"asr_{name}_{how}" for name in ("synthetic", "an4", "lj", "fsdd")
                             for how in ("greedy", "beam_lm")} | {"speaker_synthetic", "speaker_an4"}
@@ -127,8 +142,10 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     assert json.loads(read_header(ship)["metadata"])["results"]["asr_fsdd_greedy"]["utterances"] == 500
     model = speechssl.load(ship, device="cpu")
     assert model.heads == ["embeddings", "ctc", "speaker"]
-    # Embeddings come from the pretrained encoder; CTC reads its fine-tuned copy.
-    pretrained = speechssl.load(out / "pretrain" / "best.safetensors", device="cpu")
+    # Embeddings come from the second iteration's encoder; CTC reads its fine-tuned copy.
+    assert json.loads((out / "pretrain2" / "config.json").read_text())["objective"]["label_from"] \
+        == str(out / "pretrain" / "best.safetensors")
+    pretrained = speechssl.load(out / "pretrain2" / "best.safetensors", device="cpu")
     wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     assert np.allclose(model.embed(wave, 16000), pretrained.embed(wave, 16000), atol=2e-2)  # fp16 weights
     assert model.ctc_encoder is not model.encoder and model.lm is not None
