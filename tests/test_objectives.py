@@ -116,9 +116,49 @@ def test_masked_prediction_loss_reads_masked_frames_only():
     assert float(model(waves, lengths, changed, time_mask=mask).loss) != pytest.approx(float(base.loss))
 
 
+def test_vtlp_warp_moves_a_tone_and_keeps_items_apart():
+    from speechssl.models.log_mel import warp_spectrum
+
+    power = torch.zeros(2, 3, 257)
+    power[:, :, 50] = 1.0  # a peak at 50 of 256 bins (1.56 kHz), below the bend
+    warped = warp_spectrum(power, torch.tensor([1.0, 1.2]))
+    assert torch.allclose(warped[0], power[0])  # factor 1: unchanged
+    assert int(warped[1, 0].argmax()) == 60  # formants up by the factor, as a shorter vocal tract moves them
+    assert torch.allclose(warped[1, :, 256], power[1, :, 256])  # the Nyquist bin stays
+    # Factors below 1 too, and the warp keeps frame order: each frame is warped alike.
+    down = warp_spectrum(power, torch.tensor([0.8, 0.8]))
+    assert int(down[0, 0].argmax()) == 40 and torch.equal(down[:, 0], down[:, 2])
+
+
+def test_vtlp_warp_changes_the_student_input_not_its_padding_or_frames():
+    model = Wav2Vec2Model(log_mel_tiny()).eval()
+    waves, lengths, short = padded_pair()
+    with torch.no_grad():
+        plain = model(waves, lengths)
+        warped = model(waves, lengths, warp=torch.tensor([1.1, 1.0]))
+        alone = model(short[None], torch.tensor([9_000]), warp=torch.tensor([1.1]))
+    assert warped.lengths.tolist() == plain.lengths.tolist()
+    n = int(alone.lengths[0])
+    torch.testing.assert_close(warped.last[0, :n], alone.last[0], atol=2e-5, rtol=1e-4)  # a padded batch = items
+    assert not torch.allclose(warped.last[0, :n], plain.last[0, :n], atol=1e-3)
+    torch.testing.assert_close(warped.last[1], plain.last[1])  # factor 1 is no warp
+    with pytest.raises(ValueError, match="log-mel"):
+        Wav2Vec2Model(build_model_config({"preset": "tiny"}))(waves, lengths, warp=torch.tensor([1.1, 1.0]))
+
+
 def hubert_overrides(manifest, out_dir, steps, kind="hubert"):
     return [*overrides(manifest, out_dir, steps), "model.front_end=log_mel", f"objective.kind={kind}",
             "objective.num_targets=8", "objective.kmeans_utterances=12", "objective.kmeans_frames=2000"]
+
+
+def test_a_warped_student_trains_on_the_unwarped_labels(fsdd_manifest, tmp_path):
+    plain, warped = tmp_path / "plain", tmp_path / "warped"
+    run_pretrain(None, hubert_overrides(fsdd_manifest, plain, 2))
+    run_pretrain(None, [*hubert_overrides(fsdd_manifest, warped, 2), "objective.student_warp=[0.85, 1.15]"])
+    # The same k-means labels (fit on unwarped features), a different first loss: the input moved.
+    assert torch.equal(load_file(plain / "labeler.safetensors")["centers"],
+                       load_file(warped / "labeler.safetensors")["centers"])
+    assert train_losses(plain)[1] != pytest.approx(train_losses(warped)[1], rel=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["hubert", "best_rq"])
@@ -168,3 +208,10 @@ def test_bad_objective_config_is_refused(fsdd_manifest, tmp_path):
         run_pretrain(None, [*overrides(fsdd_manifest, tmp_path, 1), "objective.kind=simclr"])
     with pytest.raises(ConfigError, match="label_from"):
         run_pretrain(None, [*overrides(fsdd_manifest, tmp_path, 1), "objective.label_from=x.safetensors"])
+    with pytest.raises(ConfigError, match="student_warp is for the masked-prediction kinds"):
+        run_pretrain(None, [*overrides(fsdd_manifest, tmp_path, 1), "objective.student_warp=[0.9, 1.1]"])
+    with pytest.raises(ConfigError, match="student_warp needs model.front_end: log_mel"):
+        run_pretrain(None, [*overrides(fsdd_manifest, tmp_path, 1), "objective.kind=hubert",
+                            "objective.student_warp=[0.9, 1.1]"])
+    with pytest.raises(ConfigError, match=r"student_warp must be \[low, high\]"):
+        run_pretrain(None, [*hubert_overrides(fsdd_manifest, tmp_path, 1), "objective.student_warp=[1.2, 0.9]"])

@@ -22,6 +22,9 @@ from speechssl.config import LOG_MEL_WINDOW as WINDOW
 from speechssl.models.feature_encoder import conv_output_lengths
 
 FFT_SIZE = 512
+# VTLP's warp is linear up to this fraction of the Nyquist frequency (4.8 of 8 kHz, as in
+# Jaitly & Hinton 2013) and then bends to keep the Nyquist bin in place.
+WARP_BOUNDARY = 0.6
 
 
 def mel_filterbank(bins: int) -> Tensor:
@@ -30,12 +33,34 @@ def mel_filterbank(bins: int) -> Tensor:
                                                  norm=None, mel_scale="htk")
 
 
-def log_mel(waves: Tensor, bank: Tensor, window: Tensor) -> Tensor:
-    """(B, S) waveform -> (B, F, bins) log mel energies, F = (S - 400) // 160 + 1 (no centring)."""
+def warp_spectrum(power: Tensor, factors: Tensor) -> Tensor:
+    """Vocal tract length perturbation: item b's frequency axis stretched by ``factors[b]``.
+
+    power (B, F, K) over 0..Nyquist; output bin k reads the input at k / factor (linearly
+    interpolated) below the boundary, then a straight line to the Nyquist bin, which stays.
+    A factor above 1 moves formants up, as a shorter vocal tract does; timing is untouched.
+    """
+    nyquist = power.shape[-1] - 1
+    k = torch.arange(nyquist + 1, dtype=torch.float32, device=power.device)
+    a = factors.float().to(power.device).unsqueeze(1)  # (B, 1)
+    bend = WARP_BOUNDARY * nyquist * a.clamp(max=1.0)  # output bin where the line bends
+    above = bend / a + (k - bend) * (nyquist - bend / a) / (nyquist - bend)
+    source = torch.where(k <= bend, k / a, above).clamp(0, nyquist)  # (B, K)
+    low = source.floor().long().clamp(max=nyquist - 1)
+    frac = (source - low).to(power.dtype).unsqueeze(1)
+    index = low.unsqueeze(1).expand(-1, power.shape[1], -1)
+    return power.gather(-1, index) * (1 - frac) + power.gather(-1, index + 1) * frac
+
+
+def log_mel(waves: Tensor, bank: Tensor, window: Tensor, warp: Tensor | None = None) -> Tensor:
+    """(B, S) waveform -> (B, F, bins) log mel energies, F = (S - 400) // 160 + 1 (no centring);
+    ``warp`` (B,): each item's VTLP factor (``warp_spectrum``), for training only."""
     if waves.shape[1] < WINDOW:
         return waves.new_zeros(waves.shape[0], 0, bank.shape[1])
     frames = waves.float().unfold(1, WINDOW, HOP) * window  # (B, F, 400)
     power = torch.fft.rfft(frames, n=FFT_SIZE).abs().pow(2)  # (B, F, 257)
+    if warp is not None:
+        power = warp_spectrum(power, warp)
     return torch.log(power @ bank + 1e-6)
 
 
@@ -65,8 +90,8 @@ class LogMelFeatureEncoder(nn.Module):
                                           LogMelConv(dim, dim, LOG_MEL_KERNELS[1], stride)])
         self.grad_scale = 1.0  # the waveform stack's knob; the convs here are cheap to train at full rate
 
-    def forward(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        x = log_mel(waves, self.bank, self.window)
+    def forward(self, waves: Tensor, lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = log_mel(waves, self.bank, self.window, warp)
         frames = conv_output_lengths(lengths, [WINDOW], [HOP])
         for layer in self.conv_layers:
             x, frames = layer(x.to(waves.dtype), frames)

@@ -35,12 +35,13 @@ class Wav2Vec2ForMaskedPrediction(nn.Module):
         init_weights(self.label_head)
 
     def forward(self, waves: Tensor, lengths: Tensor, labels: Tensor, *, generator: torch.Generator | None = None,
-                time_mask: Tensor | None = None) -> MaskedPredictionLoss:
-        """labels (B, T) long at the encoder's frames; ``time_mask`` is drawn from ``generator`` if not given."""
+                time_mask: Tensor | None = None, warp: Tensor | None = None) -> MaskedPredictionLoss:
+        """labels (B, T) long at the encoder's frames; ``time_mask`` is drawn from ``generator`` if not
+        given; ``warp`` (B,): VTLP factors of the encoder's log-mel input (the labels stay as given)."""
         encoder = self.wav2vec2
         if time_mask is None:
             time_mask = encoder.time_mask(encoder.frame_lengths(lengths), generator)
-        out = encoder(waves, lengths, time_mask=time_mask)
+        out = encoder(waves, lengths, time_mask=time_mask, warp=warp)
         masked = time_mask & out.valid  # span_mask keeps to valid frames; the & makes it a guarantee
         logits = self.label_head(out.last[masked]).float()  # (M, K)
         targets = labels[masked]

@@ -121,13 +121,17 @@ class Wav2Vec2Model(nn.Module):
         lengths: Tensor | None = None,
         time_mask: Tensor | None = None,
         num_layers: int | None = None,
+        warp: Tensor | None = None,
     ) -> EncoderOutput:
-        """waves (B, S) at 16 kHz, lengths (B,) samples; time_mask (B, T) bool frames to mask."""
+        """waves (B, S) at 16 kHz, lengths (B,) samples; time_mask (B, T) bool frames to mask;
+        warp (B,) VTLP factors of the log-mel front end (training only)."""
         if lengths is None:
             lengths = torch.full((waves.shape[0],), waves.shape[1], dtype=torch.long, device=waves.device)
         if self.config.normalize_waveform:
             waves = self.normalize(waves, lengths)
-        raw, frames = self.feature_extractor(waves, lengths)  # (B, T, C_conv)
+        if warp is not None and self.config.front_end != "log_mel":
+            raise ValueError("a VTLP warp needs the log-mel front end")
+        raw, frames = self.feature_extractor(waves, lengths, *([] if warp is None else [warp]))  # (B, T, C_conv)
         x, normed = self.feature_projection(raw)  # (B, T, C)
         valid = valid_mask(frames, x.shape[1])
         x = self.apply_mask(x, time_mask)

@@ -105,7 +105,12 @@ class MaskedPredictionTask:
         pass
 
     def train_step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> StepResult:
-        out = model(batch.waves, batch.lengths, self.labels(batch), generator=generator)
+        labels = self.labels(batch)  # from the audio as it is
+        warp = None
+        if self.config.objective.student_warp:  # ContentVec's idea: the student hears another voice
+            low, high = self.config.objective.student_warp
+            warp = low + (high - low) * torch.rand(len(batch.waves), generator=generator)
+        out = model(batch.waves, batch.lengths, labels, generator=generator, warp=warp)
         return StepResult(out.loss, {"accuracy": float(out.accuracy)})
 
     @torch.no_grad()

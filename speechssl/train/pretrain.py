@@ -34,6 +34,10 @@ class ObjectiveConfig:
     kmeans_frames: int = 200_000  # at most this many of their frames
     label_from: str | None = None  # hubert second iteration: labels from a layer of this checkpoint
     label_layer: int = 4
+    # [low, high]: masked prediction with the student's log-mel input frequency-warped (VTLP, a
+    # factor drawn uniformly per utterance) while its labels come from the unwarped audio
+    # (ContentVec's idea), so the layers learn what stays when the voice changes. null: none.
+    student_warp: list[float] | None = None
     num_negatives: int = 100
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
@@ -57,6 +61,11 @@ class ObjectiveConfig:
             raise ConfigError("objective.num_targets must be >= 2")
         if self.label_from and self.kind != "hubert":
             raise ConfigError("objective.label_from is for objective.kind: hubert")
+        if self.student_warp is not None:
+            if self.kind == "contrastive":
+                raise ConfigError("objective.student_warp is for the masked-prediction kinds (hubert, best_rq)")
+            if len(self.student_warp) != 2 or not 0.5 <= self.student_warp[0] <= self.student_warp[1] <= 2.0:
+                raise ConfigError("objective.student_warp must be [low, high] with 0.5 <= low <= high <= 2")
 
 
 @dataclass
@@ -69,7 +78,9 @@ class PretrainConfig:
     init_from: str | None = None  # continue from a checkpoint's weights (not its optimizer)
 
     def validate(self) -> None:
-        self.model_config()  # unknown model keys fail here, with their names
+        model_config = self.model_config()  # unknown model keys fail here, with their names
+        if self.objective.student_warp and model_config.front_end != "log_mel":
+            raise ConfigError("objective.student_warp needs model.front_end: log_mel (it warps the spectrum)")
         if not self.data.train:
             raise ConfigError("data.train: give at least one training manifest")
 
