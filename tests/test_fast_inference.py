@@ -20,7 +20,7 @@ from torch.nn import functional as F
 import speechssl
 from speechssl.config import base, tiny
 from speechssl.models.feature_encoder import MaskedGroupNorm, normed_conv, strided_conv
-from speechssl.models.inference import quantize_int8
+from speechssl.models.inference import linear, quantize_int8
 from speechssl.models.transformer import PositionalConv
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 
@@ -244,3 +244,30 @@ def test_load_with_int8(tiny_checkpoint):
         speechssl.load(tiny_checkpoint, device="cpu", quantize="int4")
     with pytest.raises(ValueError, match="precision must be"):
         speechssl.load(tiny_checkpoint, device="cpu", precision="fp8")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bf16_fast_path_equals_the_bf16_training_path(variant):
+    """Under bf16 autocast the inference path keeps bf16 copies of the matmul weights and
+    reuses the conv stack's buffers in bf16: the same numbers as autocast's per-call casts,
+    up to bf16 rounding of a different summation order."""
+    m = model(VARIANTS[variant])
+    waves, lengths = padded([16000, 9000, 4321, 400])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        slow = plain(m, waves, lengths)
+        with torch.inference_mode():
+            fast = m(waves, lengths)
+            again = m(waves, lengths)
+    for a, b, c in zip(fast.hidden_states, slow.hidden_states, again.hidden_states):
+        assert torch.equal(a, c)  # the reused buffers give the same result
+        scale = b.detach().float().abs().max().item()
+        assert (a.float() - b.detach().float()).abs().max().item() < 0.03 * scale
+    ffn = m.encoder.layers[0].feed_forward
+    x = torch.randn(3, 7, m.config.hidden_size)
+    up = ffn.intermediate_dense
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        fast = linear(ffn, "probe", x, (up.weight, up.bias), lambda: up.weight, lambda: up.bias)
+        assert torch.equal(fast, F.linear(x, up.weight, up.bias))  # autocast's own cast, bit for bit
+    assert up.weight.dtype == torch.float32  # the parameters stay fp32
+    weight, bias = ffn.__dict__["_derived_weights"]["probe.torch.bfloat16"][1]  # cast once, kept
+    assert weight.dtype == bias.dtype == torch.bfloat16

@@ -249,13 +249,16 @@ class FeatureEncoder(nn.Module):
     def forward(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, S) float, lengths (B,) samples -> features (B, T, C), frame lengths (B,)."""
         x = waves.unsqueeze(-1)  # (B, S, 1): channels-last throughout
-        reuse = not needs_grad(tuple(self.parameters())) and not torch.is_autocast_enabled(waves.device.type)
+        reuse = not needs_grad(tuple(self.parameters()))
+        # Under autocast every conv computes (and so writes) in the autocast dtype.
+        autocast = torch.is_autocast_enabled(waves.device.type)
+        dtype = torch.get_autocast_dtype(waves.device.type) if autocast else waves.dtype
         last = len(self.conv_layers) - 1
         for i, layer in enumerate(self.conv_layers):
             out = None
             if reuse and i < last:  # the last layer's output is handed back, so it gets its own memory
                 shape = (x.shape[0], layer.output_frames(x.shape[1]), layer.conv.out_channels)
-                out = self.workspace.take(i % 2, shape, x)
+                out = self.workspace.take(i % 2, shape, x, dtype)
             x, lengths = layer(x, lengths, out)
         if self.grad_scale != 1.0 and x.requires_grad:
             x = GradScale.apply(x, self.grad_scale)

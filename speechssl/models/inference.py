@@ -76,14 +76,22 @@ def pack_int8(weight: Tensor, bias: Tensor | None):
 
 def linear(owner: nn.Module, key: str, x: Tensor, sources: tuple[Tensor, ...],
            weight: Callable[[], Tensor], bias: Callable[[], Tensor | None]) -> Tensor:
-    """``F.linear(x, weight(), bias())`` with the weight built once (or int8-packed) when
-    no gradient is needed; ``weight``/``bias`` build the (N, K) weight and (N,) bias."""
+    """``F.linear(x, weight(), bias())`` with the weight built once (int8-packed, or in the
+    autocast dtype under autocast) when no gradient is needed; ``weight``/``bias`` build the
+    (N, K) weight and (N,) bias."""
     if needs_grad(sources):
         return F.linear(x, weight(), bias())
     if int8_enabled(owner) and x.device.type == "cpu" and x.dtype == torch.float32:
         packed = derived(owner, key + ".int8", sources, lambda: pack_int8(weight(), bias()))
         # reduce_range: 7-bit activations, which x86 (fbgemm) needs to avoid int16 overflow.
         return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)
+    if torch.is_autocast_enabled(x.device.type):
+        # A copy in the autocast dtype, made once: autocast would cast the weight on every call
+        # (the same rounding, so the same result).
+        dtype = torch.get_autocast_dtype(x.device.type)
+        w, b = derived(owner, f"{key}.{dtype}", sources,
+                       lambda: tuple(None if t is None else t.to(dtype).contiguous() for t in (weight(), bias())))
+        return F.linear(x, w, b)
     w, b = derived(owner, key, sources, lambda: (weight().contiguous(), bias()))
     return F.linear(x, w, b)
 
@@ -122,15 +130,17 @@ class Workspace:
     def __init__(self):
         self.local = threading.local()
 
-    def take(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+    def take(self, slot: int, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor | None:
+        """A (shape) view of slot's buffer, in ``dtype`` (default: ``like``'s), on ``like``'s device."""
         if like.device.type != "cpu":
             return None  # the CUDA caching allocator already reuses memory
+        dtype = dtype or like.dtype
         buffers = self.local.__dict__.setdefault("buffers", {})
         numel = math.prod(shape)
         buf = buffers.get(slot)
-        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
             with torch.inference_mode(False):
-                buf = torch.empty(numel, dtype=like.dtype)
+                buf = torch.empty(numel, dtype=dtype)
             buffers[slot] = buf
         return buf[:numel].view(shape)
 
