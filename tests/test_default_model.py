@@ -20,6 +20,9 @@ from speechssl.data.synth import Speaker, render
 from tests.conftest import FIXTURES
 
 REAL = FIXTURES / "real"  # held-out real speakers and sentences, with their licences (README.md there)
+# fmjc: the earlier fixtures; fash and mcel (the first female and male test speakers): their two clips nearest 3 s.
+AN4_PAIRS = {"fmjc": ("an119-fmjc-b.flac", "an117-fmjc-b.flac"), "fash": ("an255-fash-b.flac", "cen1-fash-b.flac"),
+             "mcel": ("cen1-mcel-b.flac", "cen2-mcel-b.flac")}
 LJ_CLIPS = {"LJ002-0198.flac": "the office of marshal had been hereditary",
             "LJ002-0155.flac": "for which the costs were six shillings ten pence"}
 from tests.test_server import free_port
@@ -103,20 +106,29 @@ def test_serve_without_a_checkpoint_answers_every_head(tmp_path):
         verify = httpx.post(url + "/v1/speakers/verify", files=pair, timeout=60)
         assert verify.status_code == 200 and verify.json()["same_speaker"] is True
 
-        # Real voices the model never heard: LJ Speech test sentences (public domain) and two
-        # recordings of AN4 test speaker fmjc. docs/model-card.md has the measured figures.
+        # Real voices the model never heard: LJ Speech test sentences (public domain) and
+        # recordings of AN4 test speakers. docs/model-card.md has the measured figures.
         def clip(name):
             return (name, (REAL / name).read_bytes(), "audio/flac")
 
         hyps = [httpx.post(url + "/v1/audio/transcriptions", files={"file": clip(name)}, timeout=60).json()["text"]
                 for name in LJ_CLIPS]
         cer = jiwer.cer(list(LJ_CLIPS.values()), hyps)
-        assert cer < 0.6, f"CER {cer:.3f}: {hyps}"  # measured 0.348 (v3: 0.461, v2: 0.506; issue target 0.15: not met)
-        same = httpx.post(url + "/v1/speakers/verify", timeout=60,
-                          files={"file_a": clip("an119-fmjc-b.flac"), "file_b": clip("an117-fmjc-b.flac")}).json()
-        other = httpx.post(url + "/v1/speakers/verify", timeout=60,
-                           files={"file_a": clip("an119-fmjc-b.flac"), "file_b": clip("LJ002-0198.flac")}).json()
-        assert same["same_speaker"] is True and other["same_speaker"] is False, (same, other)
+        assert cer < 0.6, f"CER {cer:.3f}: {hyps}"  # measured 0.236 (v4: 0.348, v3: 0.461; issue target 0.15: not met)
+        # Speaker decisions on three held-out AN4 speakers (two clips each) and LJ: with a measured
+        # EER of about 0.16 on AN4's held-out speakers a single pair can go either way, so the
+        # bound is on the set: most decisions right, and same-speaker pairs score above the rest.
+        def score(a, b):
+            return httpx.post(url + "/v1/speakers/verify", timeout=60,
+                              files={"file_a": clip(a), "file_b": clip(b)}).json()
+
+        same = [score(a, b) for a, b in AN4_PAIRS.values()]
+        speakers = list(AN4_PAIRS)
+        other = [score(AN4_PAIRS[x][0], AN4_PAIRS[y][1]) for x, y in zip(speakers, speakers[1:] + speakers[:1])]
+        other.append(score(AN4_PAIRS["fmjc"][0], "LJ002-0198.flac"))
+        right = sum(r["same_speaker"] for r in same) + sum(not r["same_speaker"] for r in other)
+        assert right >= 5, (same, other)  # of 7
+        assert min(r["score"] for r in same) > np.mean([r["score"] for r in other]), (same, other)
 
         # Who spoke when: LJ, AN4 fmjc and an espeak voice taking turns.
         if shutil.which("espeak-ng"):
