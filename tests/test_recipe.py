@@ -61,6 +61,19 @@ def test_without_a_second_iteration_the_heads_read_the_first(tmp_path):
         load_config(RecipeConfig, DEFAULT, ["pretrain2.config=configs/pretrain/nope.yaml"])
 
 
+def test_two_stage_runs_at_once_keep_each_others_records(tmp_path, monkeypatch):
+    """`--stage speaker` and `--stage ctc` in two processes: each read stages.json when it
+    started, and the one that finishes last must not drop the other's entry."""
+    config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}"])
+    first, second = Recipe(config, gpu=False), Recipe(config, gpu=False)
+    monkeypatch.setattr(Recipe, "stage_speaker", lambda self: {"best": "speaker.safetensors"})
+    monkeypatch.setattr(Recipe, "stage_ctc", lambda self: {"best": "ctc.safetensors"})
+    first.run(only=["speaker"])
+    second.run(only=["ctc"])
+    state = json.loads((tmp_path / "stages.json").read_text())
+    assert state["speaker"]["best"] == "speaker.safetensors" and state["ctc"]["best"] == "ctc.safetensors"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["pretrain.config=configs/pretrain/nope.yaml"], "pretrain.config: file not found: configs/pretrain/nope.yaml"),
     (["ship_dtype=int8"], "ship_dtype must be float16 or float32"),
