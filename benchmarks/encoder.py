@@ -103,7 +103,7 @@ def random_clips(size: int, seconds: float) -> list[np.ndarray]:
 
 
 def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int8: bool, max_batch_seconds: float,
-                 bf16: bool = True, onnx_threads: int | None = None):
+                 bf16: bool = True, onnx_threads: int | None = None, onnx_arena: bool = True):
     import transformers
 
     import speechssl
@@ -132,7 +132,7 @@ def build_models(device: torch.device, workdir: Path, want_torchaudio: bool, int
         models["torchaudio"] = import_huggingface_model(hf.cpu()).eval().to(device)
         hf.to(device)
     if onnx_threads and device.type == "cpu":
-        models.update(onnx_sessions(models["hf"], workdir, onnx_threads, int8))
+        models.update(onnx_sessions(models["hf"], workdir, onnx_threads, int8, onnx_arena))
     return models
 
 
@@ -164,7 +164,7 @@ def export_hf_onnx(hf, out: Path) -> Path:
     return out
 
 
-def onnx_sessions(hf, workdir: Path, threads: int, int8: bool) -> dict:
+def onnx_sessions(hf, workdir: Path, threads: int, int8: bool, arena: bool = True) -> dict:
     """{system: InferenceSession} for ONNX_SYSTEMS (the int8 ones only with ``int8``), and
     "onnx_export_s": the seconds each export took."""
     import onnxruntime as ort
@@ -188,6 +188,8 @@ def onnx_sessions(hf, workdir: Path, threads: int, int8: bool) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # the torch systems' thread count
     options.inter_op_num_threads = 1
+    if not arena:  # the arena keeps each session's peak: 4 sessions over the stream's batches exhausted 23 GB
+        options.enable_cpu_mem_arena = False
     sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for name, path in files.items()}
     return {**sessions, "onnx_export_s": seconds}
@@ -485,6 +487,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="speechssl's padded seconds per batch (default: 60 on CPU, 600 on GPU)")
     parser.add_argument("--no-torchaudio", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--onnx-no-arena", action="store_true",
+                        help="onnxruntime without its CPU memory arena (which keeps each session's peak): "
+                        "the stream with every ONNX peer needs it on a 23 GB machine")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime peers (CPU only; exporting BASE "
                         "twice takes ~40 s, and needs pip install onnx onnxscript onnxruntime)")
     parser.add_argument("--compile", action="store_true", help="also time speechssl under torch.compile in (a)")
@@ -526,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(device, Path(tmp), not args.no_torchaudio, not args.no_int8, max_batch, not args.no_bf16,
-                              onnx_threads=args.threads if want_onnx else None)
+                              onnx_threads=args.threads if want_onnx else None, onnx_arena=not args.onnx_no_arena)
     cfg = models["speechssl"].encoder.config
     report["import_and_load_s"] = models.pop("load_s")
     report["onnx_export_s"] = models.pop("onnx_export_s", None)
