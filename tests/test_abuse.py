@@ -131,7 +131,12 @@ def test_a_short_request_during_a_300s_embedding_waits_about_one_chunk(server):
     chunk = chunk_time(server.url)
     long = threading.Thread(target=lambda: post(server.url, EMBED, speech_seconds(300), timeout=120))
     long.start()
-    time.sleep(max(0.5, 2 * chunk))  # the long job is under way
+    # Under way: admitted (its upload and decoding take longer than a chunk on a fast path), then
+    # one chunk in. A fixed sleep outlasted the whole job once bf16 made the chunks fast.
+    deadline = time.monotonic() + 60
+    while server.app.state.batcher.depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(chunk)
     waits = {}
     for route in (EMBED, TRANSCRIBE):
         started = time.monotonic()
