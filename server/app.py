@@ -38,8 +38,8 @@ def load_model(settings: Settings):
 
 
 def serving_precision(settings: Settings) -> str:
-    """``auto`` serves bf16 on a GPU and on a CPU with native bf16 (there it runs about 2x
-    fp32 at a CER cost of at most 0.03 points on the shipped model: docs/benchmarks.md),
+    """``auto`` serves bf16 on a GPU and on a CPU with native bf16 (there it runs about 3x
+    fp32 on BASE at a CER cost of at most 0.02 points on the shipped model: docs/benchmarks.md),
     fp32 on other CPUs."""
     from speechssl.device import native_bf16, resolve_device
 

@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "on the shipped model's test split (docs/benchmarks.md)")
     serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                        help="bf16: bfloat16 autocast, for a GPU or a CPU with native bf16 (avx512_bf16, AMX); "
-                       "auto (default): bf16 on a GPU and on a CPU with native bf16 (about 2x fp32 there, CER +0.03 "
-                       "points at most on the shipped model), else fp32")
+                       "auto (default): bf16 on a GPU and on a CPU with native bf16 (about 3x fp32 there on BASE, CER "
+                       "+0.02 points at most on the shipped model), else fp32")
     return parser
 
 
