@@ -129,7 +129,7 @@ class SpeechModel:
     def windows(self, num_samples: int) -> list[Window]:
         """How audio of ``num_samples`` is cut for the encoder: one window when it fits in
         ``chunk_seconds``, else windows with ``chunk_context`` seconds on each side of a kept core."""
-        total = int(self.encoder.frame_lengths(torch.tensor([num_samples])))
+        total = self.encoder.frame_lengths(num_samples)
         return windows(num_samples, total, int(self.chunk_seconds * SAMPLE_RATE), int(self.chunk_context * SAMPLE_RATE),
                        self.encoder.config.frame_stride)
 

@@ -21,11 +21,12 @@ from speechssl.config import ModelConfig
 from speechssl.models.inference import Workspace, derived, needs_grad
 
 
-def conv_output_lengths(lengths: Tensor, kernels: list[int], strides: list[int]) -> Tensor:
-    """Valid output frames of a stack of unpadded 1-D convs, for input lengths in samples."""
+def conv_output_lengths(lengths: Tensor | int, kernels: list[int], strides: list[int]) -> Tensor | int:
+    """Valid output frames of a stack of unpadded 1-D convs, for input lengths in samples
+    (a tensor of them, or one int: plain arithmetic, which the server's event loop does per request)."""
     for kernel, stride in zip(kernels, strides):
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths.clamp(min=0)
+        lengths = (lengths - kernel) // stride + 1  # floor division, for tensors too
+    return lengths.clamp(min=0) if isinstance(lengths, Tensor) else max(lengths, 0)
 
 
 def valid_mask(lengths: Tensor, max_len: int) -> Tensor:

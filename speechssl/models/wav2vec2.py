@@ -104,7 +104,7 @@ class Wav2Vec2Model(nn.Module):
             part.requires_grad_(False)
         self.masked_spec_embed.requires_grad_(False)
 
-    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+    def frame_lengths(self, sample_lengths: Tensor | int) -> Tensor | int:
         return conv_output_lengths(sample_lengths, *self.config.frame_geometry)
 
     def normalize(self, waves: Tensor, lengths: Tensor) -> Tensor:
