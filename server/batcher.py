@@ -10,9 +10,15 @@ nearest its length, up to ``max_batch_seconds`` of padded audio and ``max_batch_
 (a batch of similar lengths pads little: on a CPU a batch in arrival order spent about a
 third of its work on padding). A new job waits up to ``max_wait_ms`` for company.
 
+``workers`` model threads run batches side by side. On a CPU, two threads of one torch
+thread each beat one batch on two threads: intra-op threads meet at a barrier after every
+op, so whenever the event loop takes a core from one of them both wait, while two separate
+batches only slow down one at a time (docs/benchmarks-serving.md). A job's pieces may then
+be in two batches at once; it is done when every piece has its output.
+
 Cost is bounded in time too: a job past its deadline is dropped with DeadlineExceeded,
 a job whose future was cancelled (its client left) is dropped before its next piece,
-and ``close`` refuses queued work at shutdown. Batches run in one model thread so the
+and ``close`` refuses queued work at shutdown. Batches run in model threads so the
 event loop stays free.
 """
 
@@ -60,6 +66,7 @@ class Job:
     # Called in the event loop as the done prefix of pieces grows: (first piece, their outputs).
     on_progress: Callable[[int, list[Any]], None] | None = None
     reported: int = 0  # pieces handed to on_progress
+    running: int = 0  # pieces in batches now on the device
 
     def __post_init__(self):
         self.served_at = self.queued_at
@@ -68,6 +75,10 @@ class Job:
     @property
     def started(self) -> bool:
         return len(self.todo) < len(self.pieces)
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) == len(self.pieces)
 
     @property
     def seconds(self) -> float:
@@ -100,7 +111,8 @@ def similar_lengths(seconds: list[float], max_seconds: float, max_items: int) ->
 class Batcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_seconds: float, max_batch_items: int,
                  max_wait_ms: float, max_queue: int, deadline_s: float = 120.0,
-                 on_batch: Callable[[int, float, float], None] | None = None):
+                 on_batch: Callable[[int, float, float], None] | None = None, workers: int = 1,
+                 worker_init: Callable[[], None] | None = None):
         self.run_batch = run_batch
         self.max_batch_seconds = max_batch_seconds
         self.max_batch_items = max_batch_items
@@ -108,9 +120,11 @@ class Batcher:
         self.max_queue = max_queue
         self.deadline_s = deadline_s
         self.on_batch = on_batch
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model", initializer=worker_init)
         self.jobs: list[Job] = []  # admitted and not finished, in arrival order
-        self.arrived = asyncio.Event()
+        self.arrived = asyncio.Event()  # a job came in, or a batch ended (a thread is free)
+        self.running: set[asyncio.Task] = set()  # batches on the device
         self.closing = False
         self.task: asyncio.Task | None = None
 
@@ -160,16 +174,20 @@ class Batcher:
         chosen = [items[i] for i in similar_lengths(seconds, self.max_batch_seconds, self.max_batch_items)]
         for job, k in chosen:
             job.todo.remove(k)
+            job.running += 1
         return chosen
 
     async def worker(self) -> None:
         while True:
             self.drop_dead()
-            if not self.jobs:
+            # A job with pieces on the device already yields to those without: a long job
+            # cannot take every model thread while a short one waits.
+            waiting = [j for j in self.jobs if j.todo]
+            if not waiting or len(self.running) >= self.workers:
                 self.arrived.clear()
                 await self.arrived.wait()
                 continue
-            first = min(self.jobs, key=lambda j: j.served_at)
+            first = min(waiting, key=lambda j: (j.running > 0, j.served_at))
             wait = self.company_wait(first)
             if wait > 0:
                 self.arrived.clear()
@@ -179,7 +197,15 @@ class Batcher:
                     pass
                 if self.company_wait(first) > 0:
                     continue
-            await self.run(self.pick(first))
+            task = asyncio.create_task(self.run(self.pick(first)))
+            self.running.add(task)
+            task.add_done_callback(self.batch_ended)
+
+    def batch_ended(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        self.arrived.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a batch's bookkeeping failed", exc_info=task.exception())
 
     async def run(self, items: list[tuple[Job, int]]) -> None:
         loop = asyncio.get_running_loop()
@@ -195,13 +221,14 @@ class Batcher:
         for (job, k), out in zip(items, outputs):
             job.outputs[k] = out
             job.served_at = ended
+            job.running -= 1
         for job in dict.fromkeys(job for job, _ in items):
             if job.on_progress is not None:
                 self.progress(job)
             if job in self.jobs and any(isinstance(o, BaseException) for o in job.outputs.values()):
                 self.jobs.remove(job)
                 self.fail(job, next(o for o in job.outputs.values() if isinstance(o, BaseException)))
-            elif job in self.jobs and not job.todo:
+            elif job in self.jobs and job.done:
                 self.jobs.remove(job)
                 await self.finish(job)
 
@@ -266,4 +293,6 @@ class Batcher:
         self.refuse_all()
         if self.task:
             self.task.cancel()
+        for task in list(self.running):
+            task.cancel()
         self.executor.shutdown(wait=True)

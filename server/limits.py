@@ -39,7 +39,7 @@ class RequestLimits:
             return await response(scope, receive, send)
         self.active += 1
         # Set when the client goes away; routes read it as request.state.client_gone to drop
-        # their queued work (Starlette's is_disconnected cannot see through BaseHTTPMiddleware).
+        # their queued work (once the body is in, only this watcher reads the receive channel).
         gone = scope.setdefault("state", {})["client_gone"] = asyncio.Event()
         cut = Cutoff(scope, receive, send, gone)
         try:

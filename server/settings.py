@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, gt=0, description="on SIGTERM, work still running after this "
                                     "(less a margin) is refused with 503 so every client gets JSON")
     threads: int | None = Field(None, description="torch intra-op threads")
+    model_workers: int | None = Field(None, ge=1, description="batches computed side by side, each in its own "
+                                      "thread with an equal share of the torch threads; default 2 on a CPU with "
+                                      "2 or more threads, 1 on a GPU (docs/benchmarks-serving.md)")
     quantize: Literal["int8"] | None = Field(None, description="int8: int8 weights for the encoder's matmuls "
                                              "(CPU only; faster, CER +0.05 points on the shipped model's test split: docs/benchmarks.md)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -50,6 +53,11 @@ class Settings(BaseSettings):
 
     def deadline_seconds(self, device_type: str) -> float:
         return self.request_timeout_s or (60.0 if device_type == "cuda" else 120.0)
+
+    def model_threads(self, device_type: str, threads: int) -> tuple[int, int]:
+        """(model workers, torch threads each) out of ``threads`` torch threads."""
+        workers = self.model_workers or (2 if device_type == "cpu" and threads >= 2 else 1)
+        return workers, max(1, threads // workers)
 
     def batch_seconds(self, device_type: str) -> float:
         return self.max_batch_seconds or (120.0 if device_type == "cuda" else 32.0)

@@ -116,3 +116,34 @@ def test_cancelled_and_late_jobs_are_dropped_and_shutdown_refuses_the_queue():
         return pieces_run
 
     assert asyncio.run(scenario()) <= 3
+
+
+def test_two_model_threads_run_batches_side_by_side_and_a_long_job_cannot_take_both():
+    """With two workers, a 6-piece job's pieces run in both threads at once (the barrier below
+    needs two batches on the device together), its result keeps the pieces' order, and a short
+    job that arrives meanwhile takes the next free thread before the long job's later pieces."""
+    both_running, order, lock = threading.Barrier(2, timeout=5), [], threading.Lock()
+
+    def run(op, waves):
+        with lock:
+            order.append([int(w[0]) for w in waves])
+            first_two = len(order) <= 2
+        if first_two:
+            both_running.wait()  # raises BrokenBarrierError unless the two batches overlap
+        time.sleep(0.03)
+        return [int(w[0]) for w in waves]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_seconds=1.0, max_batch_items=1, max_wait_ms=0, max_queue=8, workers=2)
+        batcher.start()
+        long = submit(batcher, "embed", *[np.full(16000, k, np.float32) for k in range(6)])
+        await asyncio.sleep(0.01)
+        short = submit(batcher, "embed", np.full(16000, 99, np.float32))
+        assert await short == 99
+        assert await long == list(range(6))
+        await batcher.drain()
+
+    asyncio.run(scenario())
+    assert order[:2] in ([[0], [1]], [[1], [0]])
+    assert order.index([99]) <= 3, order  # the next batch after the two that were running (or one more)
+    assert sorted(order) == [[k] for k in range(6)] + [[99]]
