@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import interleaved, machine, table, write_json  # noqa: E402
 
 import speechssl  # noqa: E402
+from server.app import serving_precision  # noqa: E402
 from server.batcher import similar_lengths  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from speechssl.audio import SAMPLE_RATE, load_audio  # noqa: E402
@@ -67,11 +68,13 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=16, help="requests waiting at a time (the load's clients)")
     parser.add_argument("--max-batch-seconds", type=float, default=32.0, help="padded bound (the CPU server's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: what the CPU server computes in (bf16 where the CPU has native bf16)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     waves = [load_audio(u.path) for u in read_manifest(args.audio)[: args.clips]]
-    model = speechssl.load(args.checkpoint, "cpu")
+    model = speechssl.load(args.checkpoint, "cpu", precision=serving_precision(Settings(device="cpu", precision=args.precision)))
     model.max_batch_seconds = args.max_batch_seconds
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     bound, n, items = args.max_batch_seconds, args.in_flight, Settings().max_batch_items

@@ -73,9 +73,9 @@ class Server:
             env["SPEECHSSL_MAX_BATCH_ITEMS"] = str(max_batch_items)
         if api_key:
             env["SPEECHSSL_API_KEY"] = api_key
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server.main:app_from_env", "--factory",
-                                      "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-                                     env=env, cwd=ROOT)
+        # `speechssl serve` itself, with its protocol and connection limits, not a bare uvicorn.
+        self.proc = subprocess.Popen([sys.executable, "-c", "from speechssl.cli import main; main()", "serve",
+                                      "--host", "127.0.0.1"], env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 300) -> None:
