@@ -39,6 +39,12 @@ CONFIGS = {
     "log-mel + hubert, 4 x 256": ({"preset": "fast", "num_layers": 4}, "hubert", 6, 4.0, False),
     "fast preset (6 x 256) + hubert": ({"preset": "fast"}, "hubert", 6, 4.0, False),
     "fast preset + hubert, 8 x 4 s": ({"preset": "fast"}, "hubert", 8, 4.0, False),
+    # bf16 autocast pays only where the processor has bf16 matmul units (AMX, avx512_bf16).
+    "fast preset + hubert, 8 x 4 s, bf16": ({"preset": "fast"}, "hubert", 8, 4.0, True),
+    "8 x 384 log-mel + hubert, 8 x 4 s": ({"preset": "fast", "hidden_size": 384, "num_layers": 8, "num_heads": 6,
+                                           "ffn_dim": 1536}, "hubert", 8, 4.0, False),
+    "8 x 384 log-mel + hubert, 8 x 4 s, bf16": ({"preset": "fast", "hidden_size": 384, "num_layers": 8,
+                                                 "num_heads": 6, "ffn_dim": 1536}, "hubert", 8, 4.0, True),
 }
 
 

@@ -185,6 +185,18 @@ def test_masked_prediction_kill_and_resume_follows_the_same_trajectory(fsdd_mani
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
 
 
+def test_bf16_training_keeps_the_fp32_labels_and_a_close_trajectory(fsdd_manifest, tmp_path):
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    run_pretrain(None, [*hubert_overrides(fsdd_manifest, fp32, 2), "run.precision=fp32"])
+    run_pretrain(None, [*hubert_overrides(fsdd_manifest, bf16, 2), "run.precision=bf16"])
+    # The k-means targets are fitted and assigned outside autocast: the same centres.
+    assert torch.equal(load_file(fp32 / "labeler.safetensors")["centers"], load_file(bf16 / "labeler.safetensors")["centers"])
+    first, second = train_losses(fp32)[1], train_losses(bf16)[1]
+    assert first != second and second == pytest.approx(first, rel=0.02)  # bf16 matmuls ran, and sanely
+    with pytest.raises(ConfigError, match="run.precision"):
+        run_pretrain(None, [*hubert_overrides(fsdd_manifest, tmp_path / "x", 1), "run.precision=fp16"])
+
+
 def test_train_repeats_make_augmented_copies(fsdd_manifest):
     rows = mixed_manifests([str(fsdd_manifest)], [3])
     assert len(rows) == 3 * 24 and sum("#copy" in u.id for u in rows) == 48

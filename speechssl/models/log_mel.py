@@ -61,7 +61,8 @@ def log_mel(waves: Tensor, bank: Tensor, window: Tensor, warp: Tensor | None = N
     power = torch.fft.rfft(frames, n=FFT_SIZE).abs().pow(2)  # (B, F, 257)
     if warp is not None:
         power = warp_spectrum(power, warp)
-    return torch.log(power @ bank + 1e-6)
+    with torch.autocast(waves.device.type, enabled=False):  # energies span decades: bf16 would round them
+        return torch.log(power @ bank.float() + 1e-6)
 
 
 class LogMelConv(nn.Module):

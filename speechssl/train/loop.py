@@ -158,7 +158,8 @@ def train(task: Task, config: Any, data: DataConfig, optim: OptimConfig, run: Ru
     metrics = MetricsLog(out_dir, step) if rank == 0 else None
     bar = tqdm(total=optim.max_steps, initial=step, disable=rank != 0 or not run.progress, dynamic_ncols=True)
     start = time.monotonic() - elapsed
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bf16 = run.precision == "bf16" or (run.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     window: dict[str, list[float]] = {}
     while step < optim.max_steps:
         torch.manual_seed(run.seed * 1_000_003 + step * world + rank)  # dropout, layer drop

@@ -98,8 +98,9 @@ class MaskedPredictionTask:
     def labels(self, batch: Batch) -> Tensor:
         self.features.to(batch.waves.device)
         self.labeler.to(batch.waves.device)
-        feats, _ = self.features(batch.waves, batch.lengths)
-        return self.labeler(feats)
+        with torch.autocast(batch.waves.device.type, enabled=False):  # the targets never depend on precision
+            feats, _ = self.features(batch.waves, batch.lengths)
+            return self.labeler(feats)
 
     def before_step(self, step: int) -> None:
         pass

@@ -69,8 +69,13 @@ class RunConfig:
     checkpoint_every: int = 250
     max_minutes: float | None = None  # stop cleanly (with a checkpoint) after this wall time
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    # Training matmuls: auto is bf16 autocast on a GPU and fp32 on a CPU; bf16 on a CPU pays only
+    # where it has bf16 matmul units (AMX: 1.5-1.8x, docs/pretraining.md) and is ~8x slower on AVX2.
+    precision: str = "auto"  # auto | fp32 | bf16
     progress: bool = True
 
     def validate(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"run.precision must be auto, fp32 or bf16, not {self.precision!r}")
         if self.checkpoint_every < 1 or self.valid_every < 1 or self.log_every < 1:
             raise ConfigError("run.log_every, run.valid_every and run.checkpoint_every must be >= 1")
