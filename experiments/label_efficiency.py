@@ -133,6 +133,9 @@ def main() -> None:
                              "(e.g. 'frozen_layers=0' 'frozen_layers=3'); the winner is used everywhere")
     parser.add_argument("--reuse-scratch", metavar="JSON", default=None,
                         help="an earlier label-efficiency.json whose scratch rows to reuse (same settings)")
+    parser.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"],
+                        help="train only these (e.g. the scratch rows while the encoder still pretrains: they need "
+                             "only its architecture, so --pretrained may be its first checkpoint); tables need both")
     parser.add_argument("--probe-lr", type=float, default=1e-3)
     parser.add_argument("--probe-set", dest="probe_overrides", action="append", default=[], metavar="key=value",
                         help="a finetune-ctc setting for the probes only (repeatable)")
@@ -152,7 +155,7 @@ def main() -> None:
     swept = [c for c in args.conditions if c in args.sweep_conditions] or args.conditions[:1]
     variants = {"pretrained": args.pretrained_variants, "scratch": [""]}
     sweep = [(run_name(cond, init, 10, lr, variant), cond, 10, init, lr, variant)
-             for cond in swept for init in ("pretrained", "scratch") for lr in args.lrs for variant in variants[init]]
+             for cond in swept for init in args.inits for lr in args.lrs for variant in variants[init]]
     if not args.no_probe:
         sweep += [(f"{cond}-probe-10min-lr{args.probe_lr:g}", cond, 10, "probe", args.probe_lr) for cond in args.conditions]
     with ThreadPoolExecutor(args.parallel) as pool:
@@ -160,11 +163,14 @@ def main() -> None:
         best = pick_best(rows)
         # Conditions not swept take the learning rate (and variant) that won, per init, where the sweep ran.
         win = {init: (best[(swept[0], init)]["lr"], best[(swept[0], init)].get("variant", ""))
-               for init in ("pretrained", "scratch")}
+               for init in args.inits}
         rest = [(run_name(cond, init, m, *win[init]), cond, m, init, *win[init])
-                for m in (10, 60) for cond in args.conditions for init in ("pretrained", "scratch")
+                for m in (10, 60) for cond in args.conditions for init in args.inits
                 if m == 60 or cond not in swept]
         rows += list(pool.map(lambda r: finetune(*r[:1], args, *r[1:]), rest))
+    if set(args.inits) != {"pretrained", "scratch"}:
+        print(f"trained the {' and '.join(args.inits)} rows only; run again with both inits for the tables")
+        return
     best = pick_best(rows)
     write_results(rows, best, Path(args.results), args, time.time() - start)
 
