@@ -28,6 +28,8 @@ from speechssl.models.masked_prediction import Wav2Vec2ForMaskedPrediction  # no
 from speechssl.models.targets import FrameFeatures, KMeansLabeler  # noqa: E402
 from speechssl.models.wav2vec2 import Wav2Vec2ForPretraining  # noqa: E402
 
+WIDE = {"preset": "fast", "hidden_size": 384, "num_layers": 8, "num_heads": 6, "ffn_dim": 1536}  # configs/pretrain/wide.yaml
+
 # name: (model overrides, objective, batch items, crop seconds, bf16 autocast)
 CONFIGS = {
     "today": ({"preset": "small"}, "contrastive", 6, 4.0, False),
@@ -41,10 +43,8 @@ CONFIGS = {
     "fast preset + hubert, 8 x 4 s": ({"preset": "fast"}, "hubert", 8, 4.0, False),
     # bf16 autocast pays only where the processor has bf16 matmul units (AMX, avx512_bf16).
     "fast preset + hubert, 8 x 4 s, bf16": ({"preset": "fast"}, "hubert", 8, 4.0, True),
-    "8 x 384 log-mel + hubert, 8 x 4 s": ({"preset": "fast", "hidden_size": 384, "num_layers": 8, "num_heads": 6,
-                                           "ffn_dim": 1536}, "hubert", 8, 4.0, False),
-    "8 x 384 log-mel + hubert, 8 x 4 s, bf16": ({"preset": "fast", "hidden_size": 384, "num_layers": 8,
-                                                 "num_heads": 6, "ffn_dim": 1536}, "hubert", 8, 4.0, True),
+    "8 x 384 log-mel + hubert, 8 x 4 s": (WIDE, "hubert", 8, 4.0, False),
+    "8 x 384 log-mel + hubert, 8 x 4 s, bf16": (WIDE, "hubert", 8, 4.0, True),
 }
 
 

@@ -74,8 +74,7 @@ class Server:
         if api_key:
             env["SPEECHSSL_API_KEY"] = api_key
         # `speechssl serve` itself, with its protocol and connection limits, not a bare uvicorn.
-        self.proc = subprocess.Popen([sys.executable, "-c", "from speechssl.cli import main; main()", "serve",
-                                      "--host", "127.0.0.1"], env=env, cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "speechssl.cli", "serve", "--host", "127.0.0.1"], env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 300) -> None:
