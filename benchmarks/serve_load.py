@@ -99,6 +99,14 @@ class Server:
             return None
         return None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process so far (Linux /proc; 0 where unreadable)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -126,7 +134,7 @@ class Tally:
 
     def __init__(self):
         self.latencies: list[float] = []
-        self.audio_seconds = self.elapsed = 0.0
+        self.audio_seconds = self.elapsed = self.client_cpu = self.server_cpu = 0.0
         self.statuses: dict[str, int] = {}
 
     def summary(self) -> dict:
@@ -134,27 +142,68 @@ class Tally:
         ms = {f"p{q}_ms": None if not ok else round(1000 * percentile(self.latencies, q), 1) for q in (50, 95, 99)}
         return {"requests": ok, "errors": sum(n for s, n in self.statuses.items() if s != "200"),
                 "statuses": self.statuses, "seconds": round(self.elapsed, 2), "requests_per_s": round(ok / elapsed, 2),
-                "audio_s_per_s": round(self.audio_seconds / elapsed, 2), **ms}
+                "audio_s_per_s": round(self.audio_seconds / elapsed, 2), **ms,
+                # CPU seconds per wall second (2.0 = two cores busy): what the load side and the server took
+                "client_cpu_cores": round(self.client_cpu / elapsed, 2), "server_cpu_cores": round(self.server_cpu / elapsed, 2)}
+
+
+def multipart_request(url: str, route: str, name: str, data: bytes, api_key: str | None) -> bytes:
+    """One complete HTTP/1.1 POST of ``data`` as the ``file`` part, built once per clip: the raw
+    client then spends no CPU per request on encoding, so it takes less of the server's cores."""
+    host = url.split("://", 1)[1]
+    boundary = "speechsslbenchmarkboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+    head = (f"POST {route} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def raw_post(connection: list, url: str, request: bytes) -> str:
+    """Send one pre-built request on a kept-alive connection (opened on first use) and read the
+    answer's status and Content-Length body; the status as text."""
+    if not connection:
+        host, port = url.split("://", 1)[1].rsplit(":", 1)
+        connection.extend(await asyncio.open_connection(host, int(port)))
+    reader, writer = connection
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+    await reader.readexactly(length)
+    if any(line.lower() == "connection: close" for line in lines):
+        writer.close()
+        connection.clear()
+    return lines[0].split()[1]
 
 
 async def load(url: str, route: str, clips: list[tuple[str, bytes, float]], clients: int, seconds: float,
-               api_key: str | None, tally: Tally) -> None:
+               api_key: str | None, tally: Tally, raw: bool = True) -> None:
     """``clients`` loops that each post the next clip as soon as their last answer came; what is
-    answered within ``seconds`` counts."""
+    answered within ``seconds`` counts. ``raw``: pre-built requests on plain asyncio streams
+    (a cheap load generator, as wrk would be); else httpx, what a Python client would use."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    requests = [multipart_request(url, route, name, data, api_key) for name, data, _ in clips]
     position = 0
 
     async def client(http: httpx.AsyncClient, stop_at: float) -> None:
         nonlocal position
+        connection: list = []
         while time.monotonic() < stop_at:
-            name, data, duration = clips[position % len(clips)]
+            index = position % len(clips)
+            name, data, duration = clips[index]
             position += 1
             started = time.monotonic()
             try:
-                status = str((await http.post(route, files={"file": (name, data, "audio/wav")})).status_code)
-            except httpx.HTTPError as exc:
+                if raw:
+                    status = await raw_post(connection, url, requests[index])
+                else:
+                    status = str((await http.post(route, files={"file": (name, data, "audio/wav")})).status_code)
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
                 status = type(exc).__name__
+                connection.clear()
             finished = time.monotonic()
             if finished > stop_at:
                 break  # answered after the window: waited for (so it does not spill into the next run), not counted
@@ -162,11 +211,15 @@ async def load(url: str, route: str, clips: list[tuple[str, bytes, float]], clie
             if status == "200":
                 tally.latencies.append(finished - started)
                 tally.audio_seconds += duration
+        if connection:
+            connection[1].close()
 
+    cpu = time.process_time()
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as http:
         stop_at = time.monotonic() + seconds
         await asyncio.gather(*[client(http, stop_at) for _ in range(clients)])
     tally.elapsed += seconds
+    tally.client_cpu += time.process_time() - cpu
 
 
 def batch_sizes(url: str) -> float | None:
@@ -228,6 +281,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="one more batched server with these environment variables (repeatable), "
                         "e.g. OMP_WAIT_POLICY=PASSIVE or SPEECHSSL_MAX_WAIT_MS=0: a before/after in one run")
+    parser.add_argument("--load-client", choices=["raw", "httpx"], default="raw",
+                        help="raw: pre-built requests on asyncio streams (cheap, leaves the cores to the server); "
+                        "httpx: a Python client's cost per request")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if not (args.url or args.checkpoint):
@@ -236,7 +292,8 @@ def main() -> None:
     found = find_clips(args.audio, args.clips)
     clips = [(p.name, p.read_bytes(), seconds) for p, seconds in found]
     route = ROUTES[args.route]
-    report = {"route": route, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+    report = {"route": route, "load_client": args.load_client, "clients": args.clients, "seconds": args.seconds,
+              "rounds": args.rounds,
               "device": args.device, "checkpoint": args.checkpoint, "clips": len(clips),
               "mean_clip_seconds": round(sum(c[2] for c in clips) / len(clips), 2), "runs": {}}
     print(f"{len(clips)} clips, mean {report['mean_clip_seconds']} s; {args.clients} clients x {args.seconds:g} s "
@@ -256,8 +313,10 @@ def main() -> None:
         tallies = {label: Tally() for label in servers}
         for _ in range(args.rounds):
             for label, server in servers.items():
+                before = server.cpu_seconds() if server else 0.0
                 asyncio.run(load(args.url or server.url, route, clips, args.clients, args.seconds / args.rounds,
-                                 args.api_key, tallies[label]))
+                                 args.api_key, tallies[label], raw=args.load_client == "raw"))
+                tallies[label].server_cpu += (server.cpu_seconds() - before) if server else 0.0
             if offline:
                 offline.run(args.seconds / args.rounds)
         for label, server in servers.items():
@@ -267,6 +326,7 @@ def main() -> None:
             print(f"{label:>12}: {result['requests_per_s']:7.2f} req/s  {result['audio_s_per_s']:7.2f} audio-s/s  "
                   f"p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  "
                   f"errors {result['errors']}  batch {result['mean_batch_size']}  "
+                  f"cpu: client {result['client_cpu_cores']} server {result['server_cpu_cores']} cores  "
                   f"peak RSS {result['server_peak_rss_mb'] and round(result['server_peak_rss_mb'])} MB", flush=True)
     finally:
         for server in servers.values():
