@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
-    serve.add_argument("--workers", type=int, default=1,
+    serve.add_argument("--workers", type=int, default=None,
                        help="uvicorn worker processes, each with its own model copy (default 1)")
     serve.add_argument("--max-batch", dest="max_batch_items", type=int, default=None,
                        help="most requests per device batch; 1 disables batching")

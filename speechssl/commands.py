@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -222,7 +223,17 @@ def serve(args: argparse.Namespace) -> None:
 
     flags = {k: getattr(args, k) for k in ("checkpoint", "host", "port", "device", "max_batch_items", "quantize",
                                          "precision")}
-    run_server({k: v for k, v in flags.items() if v is not None}, workers=args.workers)
+    from speechssl.config_files import ConfigError
+
+    workers = args.workers
+    if workers is None:  # like every other flag, settable from the environment
+        raw = os.environ.get("SPEECHSSL_WORKERS", "1")
+        if not raw.strip().isdigit():
+            raise ConfigError(f"SPEECHSSL_WORKERS must be a whole number >= 1, got {raw!r}")
+        workers = int(raw)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    run_server({k: v for k, v in flags.items() if v is not None}, workers=workers)
 
 
 def import_hf(args: argparse.Namespace) -> None:

@@ -438,3 +438,16 @@ def test_soak_has_no_5xx_and_loses_nothing(tmp_path):
     result = json.loads(out.read_text())
     assert result["5xx"] == 0 and result["lost"] == 0
     assert result["rss_mb_end"] - result["rss_mb_after_warmup"] < 300
+
+
+@pytest.mark.parametrize("env, flag, message", [({"SPEECHSSL_WORKERS": "two"}, [], "SPEECHSSL_WORKERS must be a whole number >= 1, got 'two'"),
+                                                ({}, ["--workers", "0"], "workers must be >= 1, got 0")])
+def test_serve_refuses_a_bad_worker_count_in_one_line(env, flag, message):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "speechssl.cli", "serve", "--port", "0", *flag],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"speechssl: error: {message}"]
