@@ -29,6 +29,20 @@ def app_from_env():
     return create_app(Settings())
 
 
+class WorkerProtocol(LimitedH11Protocol):
+    """The protocol of `serve --workers N`. uvicorn pickles the protocol class by name into
+    each worker process, so it must live at module level (a class made per call cannot be
+    found there), and each worker's app factory sets its limits from the environment."""
+
+
+def worker_app_from_env():
+    """Factory for `serve --workers N`: this process's connection limits, then its app."""
+    settings = Settings()
+    WorkerProtocol.header_timeout_s = settings.header_timeout_s
+    WorkerProtocol.max_connections = connection_cap(settings)
+    return create_app(settings)
+
+
 def connection_cap(settings: Settings) -> int:
     """``max_connections``, after raising the soft descriptor limit to the hard one, and kept under it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -88,8 +102,8 @@ def serve(flags: dict, workers: int = 1) -> None:
         return
     # Several processes: uvicorn's supervisor builds plain uvicorn Servers, so queued work is
     # drained by the app's lifespan instead of refused at the start of shutdown.
-    uvicorn.run("server.main:app_from_env", factory=True, workers=workers,
-                **{k: v for k, v in vars(uvicorn_config(None, settings)).items() if k in RUN_KEYS})
+    run = {k: v for k, v in vars(uvicorn_config(None, settings)).items() if k in RUN_KEYS}
+    uvicorn.run("server.main:worker_app_from_env", factory=True, workers=workers, **{**run, "http": WorkerProtocol})
 
 
 RUN_KEYS = {"host", "port", "log_level", "loop", "http", "timeout_keep_alive", "limit_concurrency",

@@ -451,3 +451,43 @@ def test_serve_refuses_a_bad_worker_count_in_one_line(env, flag, message):
                           capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"speechssl: error: {message}"]
+
+
+def test_serve_with_two_worker_processes_answers_and_keeps_its_limits(tiny_checkpoint):
+    """`serve --workers 2`: uvicorn starts each worker by pickling its config, protocol class
+    included; the workers answer, and a connection that never sends its headers is closed
+    after SPEECHSSL_HEADER_TIMEOUT_S, as in one process."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "SPEECHSSL_CHECKPOINT": str(tiny_checkpoint), "SPEECHSSL_DEVICE": "cpu",
+           "SPEECHSSL_HEADER_TIMEOUT_S": "1", "SPEECHSSL_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "speechssl.cli", "serve", "--port", str(port), "--workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the workers never became ready"
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        for _ in range(4):  # new connections each: both workers take some
+            reply = httpx.post(url + EMBED, files={"file": ("a.wav", speech_seconds(1.0), "audio/wav")},
+                               timeout=60)
+            assert reply.status_code == 200, reply.text
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.settimeout(10)
+            started = time.monotonic()
+            assert idle.recv(1024) == b""  # closed by the server, not by our 10 s timeout
+            assert time.monotonic() - started < 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
