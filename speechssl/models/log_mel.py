@@ -58,7 +58,10 @@ def log_mel(waves: Tensor, bank: Tensor, window: Tensor, warp: Tensor | None = N
     if waves.shape[1] < WINDOW:
         return waves.new_zeros(waves.shape[0], 0, bank.shape[1])
     frames = waves.float().unfold(1, WINDOW, HOP) * window  # (B, F, 400)
-    power = torch.fft.rfft(frames, n=FFT_SIZE).abs().pow(2)  # (B, F, 257)
+    # |X|^2 as re^2 + im^2 of the real view: complex abs() takes a square root only to square
+    # it again, and costs 4x as much (a third of the front end's time in the server's profile).
+    parts = torch.view_as_real(torch.fft.rfft(frames, n=FFT_SIZE)).square()
+    power = parts[..., 0] + parts[..., 1]  # (B, F, 257)
     if warp is not None:
         power = warp_spectrum(power, warp)
     with torch.autocast(waves.device.type, enabled=False):  # energies span decades: bf16 would round them
