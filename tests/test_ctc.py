@@ -276,6 +276,42 @@ def test_encoder_lr_scale_slows_the_encoder_not_the_head(tmp_path):
     assert slow_head == pytest.approx(full_head, rel=0.2)
 
 
+def test_finetune_reads_each_manifest_train_repeats_times_and_perturbs_the_copies(tmp_path):
+    """data.train_repeats and data.augment reach CTC fine-tuning (they were read by pretraining
+    only, so the recipe's data mix was silently ignored): copies of the labelled draw, per
+    manifest, after it; without repeats the list is the draw itself."""
+    from speechssl.config import load_config
+    from speechssl.data.dataset import AudioDataset
+    from speechssl.train.ctc import CtcConfig, labeled_subset, run_finetune_ctc, training_utterances
+    from tests.conftest import FIXTURES
+
+    paths = []
+    for name, count in (("a", 3), ("b", 2)):
+        rows = [{"id": f"{name}{i}", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hello"}
+                for i in range(count)]
+        paths.append(tmp_path / f"{name}.jsonl")
+        paths[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["model.preset=tiny", "data.crop_seconds=null", f"data.train=[{paths[0]},{paths[1]}]",
+              f"data.valid=[{paths[0]}]", "data.max_batch_seconds=2", "run.progress=false"]
+    augment = "data.augment={speeds: [1.1], noise_prob: 1.0}"
+
+    labeled, copies = training_utterances(load_config(CtcConfig, None, [*common, "data.train_repeats=[1, 3]", augment]))
+    assert [u.id for u in labeled] == [u.id for u in labeled_subset(labeled, None)]
+    assert sorted(u.id for u in copies) == ["b0#copy2", "b0#copy3", "b1#copy2", "b1#copy3"]
+    draw, draw_copies = training_utterances(load_config(CtcConfig, None, [*common, "data.train_repeats=[2, 1]", augment,
+                                                                         "labeled_hours=0.0006"]))
+    assert len(draw) == 3 and sorted(u.id for u in draw_copies) == sorted(f"{u.id}#copy2" for u in draw if u.id[0] == "a")
+    plain, none = training_utterances(load_config(CtcConfig, None, common))
+    assert none == [] and [u.id for u in plain] == ["a0", "a1", "a2", "b0", "b1"]
+
+    config = load_config(CtcConfig, None, [*common, "data.train_repeats=[1, 3]", augment])
+    data = AudioDataset(labeled + copies, augment=config.data.augment)
+    assert len(data[len(labeled)].wave) < len(data[0].wave)  # a copy, 1.1x faster
+    summary = run_finetune_ctc(None, [*common, "data.train_repeats=[1, 3]", augment, "optim.max_steps=2",
+                                      "optim.warmup_steps=1", f"run.out_dir={tmp_path / 'run'}", "run.valid_every=2"])
+    assert summary.step == 2
+
+
 @pytest.fixture(scope="module")
 def frozen_finetune(tiny_checkpoint, tmp_path_factory):
     """Three real updates from the tiny pretrained checkpoint with frozen_layers=1."""

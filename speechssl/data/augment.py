@@ -63,8 +63,14 @@ def mixed_manifests(paths: list[str], repeats: list[int] | None = None) -> list[
         utts = read_manifest(path)
         rows += utts
         for copy in range(2, count + 1):
-            rows += [dataclasses.replace(u, id=f"{u.id}{COPY_MARK}{copy}") for u in utts]
+            rows += [copy_of(u, copy) for u in utts]
     return rows
+
+
+def copy_of(utterance: Utterance, number: int) -> Utterance:
+    """The ``number``-th read of ``utterance`` (2, 3, ...): the same audio and text, marked as a
+    copy so that a dataset with an augment config perturbs it."""
+    return dataclasses.replace(utterance, id=f"{utterance.id}{COPY_MARK}{number}")
 
 
 def is_copy(utterance: Utterance) -> bool:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from speechssl.checkpoint import Checkpoint
 from speechssl.config import ConfigError, build_model_config, load_config
+from speechssl.data.augment import copy_of
 from speechssl.data.dataset import Batch
 from speechssl.data.manifest import Utterance, normalize_text, read_manifest
 from speechssl.decode.ctc import encode_text, greedy_decode
@@ -98,6 +99,18 @@ def labeled_subset(utterances: list[Utterance], hours: float | None, seed: int =
     return kept
 
 
+def training_utterances(config: CtcConfig) -> tuple[list[Utterance], list[Utterance]]:
+    """(the labelled draw, its augmented copies): manifest i's utterances are read
+    ``data.train_repeats[i]`` times per epoch, every read after the first a copy that
+    ``data.augment`` perturbs. The copies come after the draw, so that without repeats the
+    list, and every earlier run's batches, stay as they were."""
+    manifests = [read_manifest(p) for p in config.data.train]
+    labeled = labeled_subset([u for m in manifests for u in m], config.labeled_hours, config.run.seed)
+    reads = {id(u): count for m, count in zip(manifests, config.data.train_repeats or [1] * len(manifests)) for u in m}
+    copies = [copy_of(u, n) for n in range(2, max(reads.values(), default=1) + 1) for u in labeled if reads[id(u)] >= n]
+    return labeled, copies
+
+
 class CtcTask:
     selection_metric = "cer"
 
@@ -171,11 +184,11 @@ def score(module: CtcModel, loader: DataLoader, vocab: list[str]) -> dict[str, f
 
 def run_finetune_ctc(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainSummary:
     config = load_config(CtcConfig, config_path, overrides)
-    train_utts = labeled_subset([u for p in config.data.train for u in read_manifest(p)], config.labeled_hours,
-                                config.run.seed)
+    labeled, copies = training_utterances(config)
+    train_utts = labeled + copies
     valid_utts = [u for p in config.data.valid for u in read_manifest(p) if u.text]
-    log.info("fine-tuning on %d utterances (%.2f h of labels)", len(train_utts),
-             sum(u.duration for u in train_utts) / 3600)
+    log.info("fine-tuning on %d utterances (%.2f h of labels), %d augmented copies", len(labeled),
+             sum(u.duration for u in labeled) / 3600, len(copies))
     torch.manual_seed(config.run.seed)
     task = CtcTask(config)
     return train(task, config, config.data, config.optim, config.run, train_utts, valid_utts, resume=resume)
