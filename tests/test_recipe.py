@@ -52,6 +52,20 @@ def test_gpu_settings_only_on_a_gpu(tmp_path):
     assert cpu.stage_overrides(config.pretrain, paths)[-1] == 'run.out_dir="x"'  # the recipe's paths win
 
 
+def test_training_stages_get_the_recipe_precision_unless_their_set_names_one(tmp_path):
+    paths = {"run.out_dir": "x"}
+    for precision in ("fp32", "bf16"):
+        config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}", f"precision={precision}"])
+        recipe = Recipe(config, gpu=False)
+        assert f'run.precision="{precision}"' in recipe.stage_overrides(config.ctc, paths)
+        config.ctc.set["run.precision"] = "fp32"  # a stage's own setting wins
+        assert recipe.stage_overrides(config.ctc, paths).count('run.precision="fp32"') == 1
+    config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}"])
+    assert Recipe(config, gpu=True).precision == "bf16"
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
+        load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}", "precision=fp16"])
+
+
 def test_without_a_second_iteration_the_heads_read_the_first(tmp_path):
     config = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}", "pretrain2=null"])
     recipe = Recipe(config, gpu=False)
