@@ -12,7 +12,7 @@ help:
 	@echo "make serve      serve the default model on http://127.0.0.1:8000"
 	@echo "make test       run the test suite (the one CI runs)"
 	@echo "make test-slow  run the slow tests (second CI stage)"
-	@echo "make default-model  remake the shipped model from nothing (~200 min on 2 CPU cores; resumable)"
+	@echo "make default-model  remake the shipped model from nothing (~4 h on 2 CPU cores; resumable)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
