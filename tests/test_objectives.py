@@ -3,6 +3,7 @@ a padded batch equals its items alone, lengths travel with tensors, the loss rea
 frames only, labels never come from padding, k-means is deterministic for a seed, and a
 killed run resumes on the same trajectory."""
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -223,6 +224,27 @@ def test_copies_are_perturbed_and_originals_are_not(fsdd_manifest):
     assert rows[24].id.startswith(rows[0].id)
     assert len(copy) < len(original)  # 1.1x faster
     assert torch.equal(data[0].wave, original) and torch.equal(data[24].wave, copy)  # a pure function of the seed
+
+
+def test_narrowband_copies_lose_what_is_above_4_khz():
+    from speechssl.data.augment import augment
+
+    t = np.arange(16000) / 16000
+    wave = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+
+    def power_at(signal, hz):  # 1 s of audio: bin k is k Hz
+        return float(np.abs(np.fft.rfft(signal))[hz] ** 2)
+
+    plain = AugmentConfig(speeds=[1.0], noise_prob=0.0, gain_db=[0.0, 0.0])
+    narrow = AugmentConfig(speeds=[1.0], noise_prob=0.0, gain_db=[0.0, 0.0], narrowband_prob=1.0)
+    kept, _ = augment(wave, np.random.default_rng(0), plain)
+    cut, _ = augment(wave, np.random.default_rng(0), narrow)
+    assert len(cut) == len(wave) and cut.dtype == np.float32
+    assert power_at(kept, 6000) == pytest.approx(power_at(wave, 6000), rel=1e-3)
+    assert power_at(cut, 6000) < 1e-4 * power_at(wave, 6000)
+    assert power_at(cut, 1000) == pytest.approx(power_at(wave, 1000), rel=0.05)
+    with pytest.raises(ConfigError, match="narrowband_prob"):
+        AugmentConfig(narrowband_prob=1.5).validate()
 
 
 def test_bad_objective_config_is_refused(fsdd_manifest, tmp_path):

@@ -1,4 +1,5 @@
-"""Waveform augmentation: speed perturbation, white noise at a random SNR, and gain.
+"""Waveform augmentation: speed perturbation, narrowband (8 kHz) sound, white noise at a
+random SNR, and gain.
 
 Used by the speaker head's feature bank and by the training datasets (augmented copies of
 a manifest, ``data.train_repeats``). Every draw comes from the caller's generator, so an
@@ -28,14 +29,17 @@ class AugmentConfig:
     noise_prob: float = 0.5  # white noise at a random SNR
     snr_db: list[float] = field(default_factory=lambda: [5.0, 20.0])
     gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
+    # Through 8 kHz sampling and back, as telephone audio and FSDD's recordings are: nothing above
+    # 4 kHz, where most of the energy of s, f and th is; the model must find them below it.
+    narrowband_prob: float = 0.0
 
     def validate(self) -> None:
         if not self.speeds or any(s <= 0 for s in self.speeds):
             raise ConfigError("augment.speeds: give one or more positive factors (1.0 = unchanged)")
         if len(self.snr_db) != 2 or len(self.gain_db) != 2:
             raise ConfigError("augment.snr_db and augment.gain_db are [low, high] ranges")
-        if not 0 <= self.noise_prob <= 1:
-            raise ConfigError("augment.noise_prob must be in [0, 1]")
+        if not 0 <= self.noise_prob <= 1 or not 0 <= self.narrowband_prob <= 1:
+            raise ConfigError("augment.noise_prob and augment.narrowband_prob must be in [0, 1]")
 
 
 def augment(wave: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> tuple[np.ndarray, float]:
@@ -44,6 +48,10 @@ def augment(wave: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -
     if speed != 1.0:
         # Played `speed` times faster: resample 16 kHz to 16/speed kHz and read it as 16 kHz.
         wave = torchaudio.functional.resample(torch.from_numpy(wave), orig_freq=round(100 * speed), new_freq=100).numpy()
+    # Drawn only when asked for, so configs without it keep their exact draws.
+    if config.narrowband_prob and rng.random() < config.narrowband_prob:
+        narrow = torchaudio.functional.resample(torch.from_numpy(wave), orig_freq=2, new_freq=1)
+        wave = torchaudio.functional.resample(narrow, orig_freq=1, new_freq=2).numpy()[: len(wave)]
     if rng.random() < config.noise_prob:
         snr = rng.uniform(*config.snr_db)
         power = float(np.mean(wave**2)) + 1e-10
