@@ -108,9 +108,10 @@ class SpeakerEmbedding(BaseModel):
 
 
 class SpeakerVerification(BaseModel):
-    score: float  # cosine similarity of the two speaker vectors
+    score: float  # cosine of the two speaker vectors, or its cohort normalisation ("scoring")
     threshold: float
     same_speaker: bool
+    scoring: str  # "cosine" or "as-norm" (speechssl.verification.ScoreNorm)
 
 
 class SpeechTimestamp(BaseModel):

@@ -16,6 +16,7 @@ import torch
 
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.checkpoint import Checkpoint, CheckpointError, CheckpointInfo
+from speechssl.metrics import ScoreNorm
 from speechssl.data.sampler import SecondsBatchSampler
 from speechssl.device import resolve_device
 from speechssl.errors import SpeechSSLError
@@ -46,7 +47,7 @@ class SpeechModel:
                  max_batch_seconds: float = 60.0, ctc_head: CtcHead | None = None,
                  speaker_head: torch.nn.Module | None = None, quantize: str | None = None,
                  precision: str = "auto", ctc_encoder: Wav2Vec2Model | None = None,
-                 lm: bytes | None = None):
+                 lm: bytes | None = None, score_norm: ScoreNorm | None = None):
         if quantize is not None and device.type != "cpu":
             raise ValueError(f"quantize={quantize!r} is a CPU path; got device {device}")
         if precision not in ("auto", "fp32", "bf16"):
@@ -59,6 +60,7 @@ class SpeechModel:
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.ctc_head = ctc_head.to(device).eval() if ctc_head is not None else None
         self.speaker_head = speaker_head.to(device).eval() if speaker_head is not None else None
+        self.score_norm = score_norm  # verify's cohort normalisation (AS-norm), or None: plain cosine
         self.metadata = metadata
         self.lm = lm  # the checkpoint's word n-gram (gzip'd ARPA), or None
         self._lm_decoder: BeamDecoder | None = None
@@ -268,8 +270,15 @@ class SpeechModel:
 
     @property
     def speaker_threshold(self) -> float | None:
-        """Cosine threshold for ``verify``: the validation split's EER point, stored at training."""
+        """Cosine threshold: the validation split's EER point, stored at training (diarization's
+        clustering threshold; ``verify``'s too when the checkpoint carries no cohort)."""
         return self.info.speaker_threshold
+
+    @property
+    def verify_threshold(self) -> float | None:
+        """What ``verify`` compares its score with: the cohort-normalised score's threshold when the
+        checkpoint carries a cohort, else the cosine one; None when the checkpoint stores neither."""
+        return self.speaker_threshold if self.score_norm is None else self.score_norm.threshold
 
     def speaker_vector(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None):
         """(dim,) float32 unit-length speaker vector per input (cosine = dot product)."""
@@ -281,16 +290,24 @@ class SpeechModel:
 
     def verify(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None,
                threshold: float | None = None) -> Verification:
-        """Whether two recordings are of the same speaker: cosine of their speaker vectors
-        against ``threshold``, by default the checkpoint's stored one."""
+        """Whether two recordings are of the same speaker: the score of their speaker vectors
+        (``verification``) against ``threshold``, by default the checkpoint's stored one."""
         self.require("speaker")
-        threshold = self.speaker_threshold if threshold is None else float(threshold)
+        first, second = self.speaker_vector([a, b], sample_rate)
+        return self.verification(first, second, threshold)
+
+    def verification(self, first: np.ndarray, second: np.ndarray, threshold: float | None = None) -> Verification:
+        """Two unit speaker vectors' score against ``threshold`` (default ``verify_threshold``): their
+        cosine normalised against the checkpoint's cohort (AS-norm) when it carries one, else the cosine."""
+        threshold = self.verify_threshold if threshold is None else float(threshold)
         if threshold is None:
             raise HeadMissingError(f"checkpoint {self.name!r} has a speaker head but no speaker_threshold in its "
                                    "metadata; evaluate it and store one, or compare speaker_vector()s yourself")
-        first, second = self.speaker_vector([a, b], sample_rate)
-        score = float(np.dot(first, second))
-        return Verification(score, threshold, score >= threshold)
+        if self.score_norm is None:
+            score, scoring = float(np.dot(first, second)), "cosine"
+        else:
+            score, scoring = self.score_norm.score(first, second), "as-norm"
+        return Verification(score, threshold, score >= threshold, scoring)
 
     def speaker_pieces(self, wave: np.ndarray) -> list[np.ndarray]:
         """Equal pieces of at most ``chunk_seconds``: what one speaker vector is averaged over."""
@@ -362,4 +379,4 @@ def load(path: str | Path | Checkpoint | None = None, device: str = "auto", quan
     name = Path(path.source if isinstance(path, Checkpoint) else path).stem
     return SpeechModel(built.encoder, built.checkpoint.metadata, resolve_device(device), name,
                        ctc_head=built.ctc_head, speaker_head=built.speaker_head, quantize=quantize, precision=precision,
-                       ctc_encoder=built.ctc_encoder, lm=built.lm)
+                       ctc_encoder=built.ctc_encoder, lm=built.lm, score_norm=built.score_norm)

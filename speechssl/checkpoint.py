@@ -40,6 +40,10 @@ CTC_ENCODER_PREFIX = "ctc_encoder."
 # A word n-gram for beam search, inside the file: the ARPA text, gzip-compressed, as a uint8
 # tensor; ``metadata["lm"]`` holds its decoding settings (BeamSettings fields).
 LM_KEY = "lm.arpa_gzip"
+# Speaker-score normalisation, inside the file: speaker vectors (N, dim) of training speakers that
+# verify scores each trial against (adaptive s-norm); ``metadata["speaker_norm"]`` holds its
+# top_k and threshold (speechssl.verification.ScoreNorm).
+COHORT_KEY = "speaker_cohort"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class CheckpointInfo:
     blank_id: int = 0
     speaker_head: dict[str, Any] | None = None  # SpeakerHead(**speaker_head) rebuilds the head
     speaker_threshold: float | None = None  # cosine threshold for verify: the validation EER point
+    # With a cohort (COHORT_KEY): {"top_k": int, "threshold": float}, verify's normalised-score
+    # settings; speaker_threshold stays the cosine one (diarization clusters on cosines).
+    speaker_norm: dict[str, Any] | None = None
     # Tokens never emitted as text besides the blank (an imported tokenizer's <s>, </s>, <unk>);
     # None (checkpoints from before it was written): every "<...>" token of the vocabulary.
     special_tokens: list[str] | None = None
@@ -72,8 +79,7 @@ class CheckpointInfo:
     def parse(cls, metadata: dict[str, Any], where: str | Path) -> CheckpointInfo:
         """The typed fields of ``metadata``; CheckpointError naming ``where`` when one has the wrong type."""
         threshold = metadata.get("speaker_threshold")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not math.isfinite(threshold)):
+        if threshold is not None and not finite_number(threshold):
             raise CheckpointError(f"{where}: speaker_threshold must be a finite number, got {threshold!r}")
         vocab = metadata.get("vocab")
         if vocab is not None and not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab)):
@@ -85,10 +91,22 @@ class CheckpointInfo:
         special = metadata.get("special_tokens")
         if special is not None and not (isinstance(special, list) and all(isinstance(t, str) for t in special)):
             raise CheckpointError(f"{where}: special_tokens must be a list of strings")
+        norm = metadata.get("speaker_norm")
+        if norm is not None and not (isinstance(norm, dict) and finite_number(norm.get("top_k"), whole=True)
+                                     and norm["top_k"] > 0 and finite_number(norm.get("threshold"))):
+            raise CheckpointError(f"{where}: speaker_norm must be {{'top_k': a positive whole number, "
+                                  f"'threshold': a finite number}}, got {norm!r}")
         kind, head = metadata.get("kind"), metadata.get("speaker_head")
         return cls(kind=kind if isinstance(kind, str) else None, vocab=vocab, blank_id=blank_id,
                    speaker_head=head if isinstance(head, dict) else None,
-                   speaker_threshold=None if threshold is None else float(threshold), special_tokens=special)
+                   speaker_threshold=None if threshold is None else float(threshold), special_tokens=special,
+                   speaker_norm=norm)
+
+
+def finite_number(value: Any, whole: bool = False) -> bool:
+    """A JSON number (not a bool), finite; a whole one when ``whole``."""
+    kinds = (int,) if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

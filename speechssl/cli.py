@@ -228,13 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(speaker_vector, "checkpoint with a speaker head (default: the shipped model)")
 
     verify = sub.add_parser("verify", help="are two recordings the same speaker? prints JSON",
-                            description="Print JSON {score, threshold, same_speaker}: the cosine of the two speaker "
-                            "vectors against the checkpoint's stored threshold (the EER point on its validation "
-                            "speakers) or --threshold.")
+                            description="Print JSON {score, threshold, same_speaker, scoring}: the cosine of the two "
+                            "speaker vectors, normalised against the checkpoint's cohort of training speakers when it "
+                            "carries one (scoring \"as-norm\"), against the checkpoint's stored threshold (the EER "
+                            "point on its validation speakers) or --threshold.")
     verify.add_argument("a", type=Path, help="first audio file")
     verify.add_argument("b", type=Path, help="second audio file")
     add_model_options(verify, "checkpoint with a speaker head (default: the shipped model)")
-    verify.add_argument("--threshold", type=float, default=None, help="cosine threshold instead of the stored one")
+    verify.add_argument("--threshold", type=float, default=None,
+                        help="threshold instead of the stored one, on the checkpoint's scoring")
 
     embed = sub.add_parser("embed", help="print embeddings of audio files as JSON lines",
                            description="Encode audio files; one JSON line per file with its embedding.")

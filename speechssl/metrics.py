@@ -3,12 +3,14 @@
 Speech-to-text: corpus word and character error rates (jiwer).
 Speaker verification: equal error rate and the minimum detection cost, from trial
 scores (higher = more alike) and labels (1 = same speaker). A trial is accepted when
-its score is >= the threshold.
+its score is >= the threshold. The scores: the cosine of two speaker vectors, or its
+adaptive s-norm against a cohort of training speakers (ScoreNorm).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jiwer
 import numpy as np
@@ -71,3 +73,40 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
         return {"wer": 0.0, "cer": 0.0}
     refs, hyps = zip(*pairs)
     return {"wer": float(jiwer.wer(list(refs), list(hyps))), "cer": float(jiwer.cer(list(refs), list(hyps)))}
+
+
+def cosine_scores(vectors: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each trial's two vectors; vectors (N, D), any length."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.einsum("nd,nd->n", unit[trials[:, 0]], unit[trials[:, 1]])
+
+
+@dataclass(frozen=True)
+class ScoreNorm:
+    """Adaptive s-norm (AS-norm): a trial's cosine, standardised on each side by the mean and
+    spread of that recording's ``top_k`` highest cosines against a cohort of training
+    speakers, and the two averaged. A recording that resembles many voices (a common
+    channel, a short clip) gets high cosines with everyone; this takes that out, so one
+    threshold suits voices and recording conditions the head saw little of.
+    """
+
+    cohort: np.ndarray  # (N, D) unit speaker vectors of training speakers
+    top_k: int
+    threshold: float | None = None  # same speaker when the normalised score >= it
+
+    def statistics(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of each vector's top_k cohort cosines; vectors (N, D) unit length."""
+        against = vectors.astype(np.float32) @ self.cohort.T.astype(np.float32)
+        k = min(self.top_k, len(self.cohort))
+        top = np.partition(against, len(self.cohort) - k, axis=1)[:, -k:]
+        return top.mean(1), top.std(1) + 1e-6
+
+    def trial_scores(self, vectors: np.ndarray, trials: np.ndarray) -> np.ndarray:
+        """Normalised scores of ``trials`` (rows a, b, ...) over ``vectors`` (N, D)."""
+        mean, std = self.statistics(vectors)
+        raw = cosine_scores(vectors, trials)
+        a, b = trials[:, 0], trials[:, 1]
+        return 0.5 * ((raw - mean[a]) / std[a] + (raw - mean[b]) / std[b])
+
+    def score(self, first: np.ndarray, second: np.ndarray) -> float:
+        return float(self.trial_scores(np.stack([first, second]), np.array([[0, 1]]))[0])

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from speechssl.checkpoint import LM_KEY, Checkpoint, atomic_write, load_checkpoint, save_checkpoint
+from speechssl.checkpoint import COHORT_KEY, LM_KEY, Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from speechssl.config import ConfigError, load_config, to_dict
 from speechssl.data.real import FSDD_TEST_SPEAKER
 from speechssl.device import native_bf16
@@ -81,6 +81,15 @@ class EvaluateConfig:
     # validation speech with experiments/lm_sweep.py, never on a test set.
     lm_weight: float = 0.5
     word_score: float = 0.0
+    # verify's AS-norm cohort (speechssl.verification.ScoreNorm): this many utterances of each
+    # training speaker but the extra synthetic voices, scored against the top score_norm_top_k;
+    # its threshold is the EER point of the speaker stage's validation speakers. 0: plain cosine.
+    score_norm_top_k: int = 0
+    cohort_per_speaker: int = 4
+
+    def validate(self) -> None:
+        if self.score_norm_top_k < 0 or self.cohort_per_speaker < 1:
+            raise ConfigError("evaluate.score_norm_top_k must be >= 0 and evaluate.cohort_per_speaker >= 1")
 
 
 @dataclass
@@ -279,6 +288,8 @@ class Recipe:
             write_arpa(texts, arpa, order=self.config.evaluate.lm_order)
             lm = arpa.read_bytes()
         self.combine(lm)
+        if self.config.evaluate.score_norm_top_k:
+            self.add_cohort()
         model = speechssl.load(self.model_path)
         tests = {"synthetic": read_manifest(self.corpus / "test.jsonl"), "an4": read_manifest(self.real("an4-test")),
                  "lj": read_manifest(self.real("lj-test")), "fsdd": read_manifest(self.real("fsdd-test"))}
@@ -312,6 +323,35 @@ class Recipe:
                               "lm_weight": chosen.lm_weight, "word_score": chosen.word_score,
                               "text": "the training transcripts (synthetic train split, AN4, LJ Speech, FSDD)"}
         save_checkpoint(self.model_path, Checkpoint(state, ctc.model_config, metadata))
+
+    def add_cohort(self) -> None:
+        """model.safetensors gains verify's AS-norm cohort: speaker vectors of the speaker stage's
+        training speakers, and the normalised score's threshold at its validation speakers' EER point."""
+        import speechssl
+        from speechssl.data.manifest import read_manifest
+        from speechssl.data.selection import per_speaker_subset, with_speakers
+        from speechssl.verification import cohort_vectors, norm_threshold
+
+        paths, chosen = self.stage_paths("speaker"), self.config.evaluate
+
+        def rows(manifests: list[str]) -> list:
+            return with_speakers([u for p in manifests for u in read_manifest(p)], paths["speaker_id_pattern"])
+
+        # Not the extra synthetic voices (data.voices): with them in the cohort the validation EER
+        # rose (docs/results/score-norm.md).
+        train = [p for p in paths["data.train"] if p != str(self.voices / "train.jsonl")]
+        model = speechssl.load(self.model_path)
+        cohort = cohort_vectors(model, per_speaker_subset(rows(train), chosen.cohort_per_speaker, seed=1))
+        valid = per_speaker_subset(rows(paths["data.valid"]), 40, seed=0)
+        norm, figures = norm_threshold(model, cohort, chosen.score_norm_top_k, valid)
+        ckpt = load_checkpoint(self.model_path)
+        ckpt.state_dict[COHORT_KEY] = torch.from_numpy(norm.cohort)
+        ckpt.metadata["speaker_norm"] = {"top_k": norm.top_k, "threshold": norm.threshold, "validation": figures,
+                                         "cohort": f"{len(cohort)} utterances, {chosen.cohort_per_speaker} per "
+                                                   "training speaker of the speaker stage (not data.voices)"}
+        save_checkpoint(self.model_path, ckpt)
+        log.info("cohort: %d vectors, top %d; validation EER %.4f (cosine %.4f)", len(cohort), norm.top_k,
+                 figures["eer"], figures["cosine_eer"])
 
     def stage_package(self) -> dict[str, Any]:
         ckpt = load_checkpoint(self.model_path)

@@ -79,9 +79,10 @@ class Transcript:
 
 @dataclass(frozen=True)
 class Verification:
-    score: float  # cosine of the two speaker vectors, in [-1, 1]
+    score: float  # cosine of the two speaker vectors in [-1, 1], or its AS-norm ("scoring")
     threshold: float  # same speaker when score >= threshold (the validation split's EER point)
     same_speaker: bool
+    scoring: str = "cosine"  # "cosine", or "as-norm": normalised against the checkpoint's cohort
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,8 @@
 A trial is a pair of utterances and a label (1 = same speaker). ``evaluate_speaker``
 scores the same trials three ways: the checkpoint's speaker head, the mean-pooled
 encoder features without the head, and mean MFCCs (librosa), and reports EER and
-minDCF for each.
+minDCF for each. A checkpoint with a cohort (``ScoreNorm``) has its head's scores
+normalised the way ``verify`` scores them, and reported raw beside.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from speechssl.audio import SAMPLE_RATE, load_audio
 from speechssl.errors import SpeechSSLError
 from speechssl.data.manifest import Utterance
-from speechssl.metrics import eer, min_dcf
+from speechssl.metrics import ScoreNorm, cosine_scores, eer, min_dcf
 from speechssl.transcript import Verification  # noqa: F401  (a result; it was defined here)
 
 if TYPE_CHECKING:
@@ -87,10 +88,23 @@ def read_trials(path: str | Path, utterances: Sequence[Utterance]) -> np.ndarray
     return np.array(rows, dtype=np.int64)
 
 
-def cosine_scores(vectors: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each trial's two vectors; vectors (N, D), any length."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nd,nd->n", unit[trials[:, 0]], unit[trials[:, 1]])
+def cohort_vectors(model: SpeechModel, utterances: Sequence[Utterance], batch_files: int = 64) -> np.ndarray:
+    """(N, D) unit speaker vectors of ``utterances`` (a per-speaker draw of training speakers)."""
+    vectors: list[np.ndarray] = []
+    for i in range(0, len(utterances), batch_files):
+        vectors += model.speaker_outputs([load_audio(u.path) for u in utterances[i : i + batch_files]])[0]
+    return np.stack(vectors).astype(np.float32)
+
+
+def norm_threshold(model: SpeechModel, cohort: np.ndarray, top_k: int, valid: Sequence[Utterance],
+                   seed: int = 0) -> tuple[ScoreNorm, dict[str, float]]:
+    """The ScoreNorm whose threshold is the EER point of ``valid``'s trials, and its figures there."""
+    trials = make_trials([u.speaker for u in valid], seed)
+    vectors = cohort_vectors(model, valid)
+    norm = ScoreNorm(cohort, top_k)
+    figures = error_figures(norm.trial_scores(vectors, trials), trials[:, 2])
+    figures["cosine_eer"] = error_figures(cosine_scores(vectors, trials), trials[:, 2])["eer"]
+    return ScoreNorm(cohort, top_k, figures["eer_threshold"]), figures
 
 
 def error_figures(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -135,13 +149,18 @@ def evaluate_speaker(model: SpeechModel, utterances: Sequence[Utterance], trials
             out[k] = value
         return out
 
-    scores = cosine_scores(stack(head), trials)
-    threshold = model.speaker_threshold
+    vectors = stack(head)
+    cosines = cosine_scores(vectors, trials)
+    norm = model.score_norm
+    scores = cosines if norm is None else norm.trial_scores(vectors, trials)
+    threshold = model.speaker_threshold if norm is None else norm.threshold
     result = {
         "checkpoint": model.name, "utterances": int(len(used)),
         "speakers": len({utterances[k].speaker for k in used}),
         "trials": int(len(trials)), "target_trials": int(labels.sum()), "nontarget_trials": int((1 - labels).sum()),
         **error_figures(scores, labels),
+        "scoring": "cosine" if norm is None else f"as-norm (top {norm.top_k} of {len(norm.cohort)} cohort vectors)",
+        **({} if norm is None else {"cosine": error_figures(cosines, labels)}),
         "threshold": threshold,
         "at_threshold": None if threshold is None else {
             "miss": round(float((scores[labels == 1] < threshold).mean()), 5),

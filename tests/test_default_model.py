@@ -69,8 +69,10 @@ def test_shipped_model_transcribes_synthesised_speech(model, tmp_path):
 def test_speaker_vectors_of_the_shipped_model(model, tmp_path):
     a = model.speaker_vector(str(FIXTURES / "speech.wav"))
     assert a.shape == (model.speaker_head.dim,) and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)
+    b = model.speaker_vector(str(FIXTURES / "speech.flac"))
+    assert float(np.dot(a, b)) > 0.95  # the same recording, losslessly re-encoded
     same = model.verify(str(FIXTURES / "speech.wav"), str(FIXTURES / "speech.flac"))
-    assert same.score > 0.95 and same.same_speaker  # the same recording, losslessly re-encoded
+    assert same.scoring == "as-norm" and same.same_speaker  # against the shipped cohort
 
 
 def test_serve_without_a_checkpoint_answers_every_head(tmp_path):
@@ -105,6 +107,7 @@ def test_serve_without_a_checkpoint_answers_every_head(tmp_path):
         pair = {"file_a": ("a.wav", audio, "audio/wav"), "file_b": ("b.wav", audio, "audio/wav")}
         verify = httpx.post(url + "/v1/speakers/verify", files=pair, timeout=60)
         assert verify.status_code == 200 and verify.json()["same_speaker"] is True
+        assert verify.json()["scoring"] == "as-norm"
 
         # Real voices the model never heard: LJ Speech test sentences (public domain) and
         # recordings of AN4 test speakers. docs/model-card.md has the measured figures.

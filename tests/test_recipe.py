@@ -119,7 +119,7 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
         pytest.skip("espeak-ng is not installed (make test installs it)")
     require_fsdd()
     import speechssl
-    from speechssl.checkpoint import LM_KEY, read_header
+    from speechssl.checkpoint import COHORT_KEY, LM_KEY, read_header
     from safetensors import safe_open
 
     out, ship = tmp_path / "recipe", tmp_path / "default.safetensors"
@@ -166,9 +166,12 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     assert dtypes.pop(LM_KEY) == "torch.uint8"  # the word n-gram, gzip'd, inside the file
     assert set(dtypes.values()) == {"torch.float16"}
     assert any(k.startswith("ctc_encoder.") for k in dtypes)  # the weights CTC changed, beside the encoder
+    assert COHORT_KEY in dtypes  # verify's AS-norm cohort, and the trials scored with it
+    assert results["speaker_an4"]["scoring"].startswith("as-norm (top 200") and "eer" in results["speaker_an4"]["cosine"]
     assert json.loads(read_header(ship)["metadata"])["results"]["asr_fsdd_greedy"]["utterances"] == 500
     model = speechssl.load(ship, device="cpu")
     assert model.heads == ["embeddings", "ctc", "speaker"]
+    assert model.score_norm is not None and model.score_norm.threshold is not None
     # Embeddings come from the second iteration's encoder; CTC reads its fine-tuned copy.
     assert json.loads((out / "pretrain2" / "config.json").read_text())["objective"]["label_from"] \
         == str(out / "pretrain" / "best.safetensors")

@@ -171,7 +171,7 @@ def test_speaker_embed_and_verify(server, clips):
     files = {"file_a": ("a.wav", clips[0].read_bytes()), "file_b": ("b.wav", clips[5].read_bytes())}
     verdict = httpx.post(server.url + VERIFY, files=files, headers=AUTH).json()
     assert -1 - 1e-5 <= verdict["score"] <= 1 + 1e-5 and verdict["threshold"] == pytest.approx(0.5)
-    assert verdict["same_speaker"] == (verdict["score"] >= verdict["threshold"])
+    assert verdict["same_speaker"] == (verdict["score"] >= verdict["threshold"]) and verdict["scoring"] == "cosine"
     expected = float(np.dot(vector["embedding"], embed(clips[5])["embedding"]))
     assert verdict["score"] == pytest.approx(expected, abs=1e-4)
     same = httpx.post(server.url + VERIFY, headers=AUTH,

@@ -13,10 +13,10 @@ from torch.nn import functional as F
 import speechssl
 from speechssl.api import HeadMissingError
 from speechssl.audio import AudioDecodeError, AudioInvalidError, AudioTooShortError
-from speechssl.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from speechssl.checkpoint import COHORT_KEY, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speechssl.cli import main
 from speechssl.config import ConfigError
-from speechssl.metrics import eer, min_dcf
+from speechssl.metrics import ScoreNorm, eer, min_dcf
 from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead, log_mel_frames
 from speechssl.verification import TrialError, Verification, make_trials, read_trials
 from tests.conftest import require_fsdd
@@ -321,6 +321,70 @@ def test_checkpoint_problems_are_named(head_checkpoint, tmp_path):
     given = model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000, threshold=0.5)
     assert given.threshold == 0.5 and given.same_speaker == (given.score >= 0.5)
     assert model.speaker_threshold is None and "speaker_threshold" not in model.metadata  # asked, not stored
+
+
+def unit_rows(rows: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_as_norm_by_its_definition():
+    cohort, vectors = unit_rows(12, 8, 0), unit_rows(4, 8, 1)
+    trials = np.array([[0, 1, 1], [2, 3, 0], [0, 3, 0]])
+    norm = ScoreNorm(cohort, top_k=5)
+
+    def side(v):  # the 5 highest cosines with the cohort
+        top = sorted(cohort @ v)[-5:]
+        return np.mean(top), np.std(top)
+
+    for (a, b, _), got in zip(trials, norm.trial_scores(vectors, trials)):
+        raw = float(vectors[a] @ vectors[b])
+        (ma, sa), (mb, sb) = side(vectors[a]), side(vectors[b])
+        assert got == pytest.approx(0.5 * ((raw - ma) / sa + (raw - mb) / sb), rel=1e-4)
+    assert norm.score(vectors[0], vectors[1]) == pytest.approx(norm.trial_scores(vectors, trials)[0], rel=1e-5)
+    # A top_k beyond the cohort uses all of it.
+    assert ScoreNorm(cohort, 100).trial_scores(vectors, trials) == pytest.approx(
+        ScoreNorm(cohort, 12).trial_scores(vectors, trials))
+
+
+def cohort_checkpoint(head_checkpoint: Path, path: Path, cohort: torch.Tensor | None, norm: object) -> Path:
+    ckpt = load_checkpoint(head_checkpoint)
+    state = {**ckpt.state_dict, **({} if cohort is None else {COHORT_KEY: cohort})}
+    metadata = {**ckpt.metadata, **({} if norm is None else {"speaker_norm": norm})}
+    save_checkpoint(path, Checkpoint(state, ckpt.model_config, metadata))
+    return path
+
+
+def test_a_checkpoint_with_a_cohort_verifies_by_as_norm(head_checkpoint, tmp_path):
+    cohort = unit_rows(10, 32, 2)
+    path = cohort_checkpoint(head_checkpoint, tmp_path / "cohort.safetensors", torch.from_numpy(cohort),
+                             {"top_k": 3, "threshold": 1.25})
+    model = speechssl.load(path, device="cpu")
+    a, b = waves(1.0, 1.5)
+    result = model.verify(a, b, sample_rate=16000)
+    first, second = model.speaker_vector([a, b], sample_rate=16000)
+    expected = ScoreNorm(cohort, 3).score(first, second)
+    assert result.scoring == "as-norm" and result.threshold == 1.25
+    assert result.score == pytest.approx(expected, rel=1e-4) and result.same_speaker == (expected >= 1.25)
+    assert model.verify(a, b, sample_rate=16000, threshold=-100.0).same_speaker
+    # Diarization still clusters on cosines: the cosine threshold stays what it was.
+    assert model.speaker_threshold == THRESHOLD and model.verify_threshold == 1.25
+    assert speechssl.load(head_checkpoint, device="cpu").verify(a, b, sample_rate=16000).scoring == "cosine"
+
+
+@pytest.mark.parametrize("cohort, norm, message", [
+    ("unit", None, "only part of them"),
+    (None, {"top_k": 3, "threshold": 1.0}, "only part of them"),
+    ("wide", {"top_k": 3, "threshold": 1.0}, r"must be \(N, 32\) speaker vectors, got shape \(10, 31\)"),
+    ("unit", {"top_k": 0, "threshold": 1.0}, "speaker_norm must be"),
+    ("unit", {"top_k": 3, "threshold": "high"}, "speaker_norm must be"),
+    ("unit", {"top_k": True, "threshold": 1.0}, "speaker_norm must be"),
+], ids=["cohort-without-settings", "settings-without-cohort", "wrong-width", "no-top-k", "text-threshold", "bool-top-k"])
+def test_cohort_problems_are_named(head_checkpoint, tmp_path, cohort, norm, message):
+    tensor = {"unit": torch.from_numpy(unit_rows(10, 32, 2)), "wide": torch.zeros(10, 31), None: None}[cohort]
+    path = cohort_checkpoint(head_checkpoint, tmp_path / "bad.safetensors", tensor, norm)
+    with pytest.raises(CheckpointError, match=message):
+        speechssl.load(path, device="cpu")
 
 
 # --- CLI and training -------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 
 from server.deps import known_fields_only, read_upload, read_uploads, require_head, submit_all
@@ -27,13 +26,11 @@ async def embed(request: Request, file: list[UploadFile] = File(
              summary="do two recordings hold the same speaker?")
 async def verify(request: Request, file_a: UploadFile = File(...), file_b: UploadFile = File(...)) -> SpeakerVerification:
     model = require_head(request, "speaker")
-    threshold = model.speaker_threshold
-    if threshold is None:
+    if model.verify_threshold is None:
         raise ApiError(400, f"checkpoint {model.name!r} has a speaker head but no speaker_threshold to verify "
                        "against; use /v1/speakers/embed and compare the vectors", code="head_missing")
     wave_a = await read_upload(request, file_a)
     wave_b = await read_upload(request, file_b)
     # Both vectors go through the batcher at once, so they usually share one forward pass.
     a, b = await submit_all(request, [(("speaker",), wave_a), (("speaker",), wave_b)])
-    score = float(np.dot(a, b))  # unit vectors: the cosine, as SpeechModel.verify computes it
-    return SpeakerVerification(score=score, threshold=threshold, same_speaker=score >= threshold)
+    return SpeakerVerification(**model.verification(a, b).to_dict())

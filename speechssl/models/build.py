@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechssl.checkpoint import CTC_ENCODER_PREFIX, HEAD_PREFIXES, LM_KEY, Checkpoint, CheckpointError, load_checkpoint, load_into
+from speechssl.checkpoint import (COHORT_KEY, CTC_ENCODER_PREFIX, HEAD_PREFIXES, LM_KEY, Checkpoint, CheckpointError,
+                                  load_checkpoint, load_into)
 from speechssl.config import build_model_config
+from speechssl.metrics import ScoreNorm
 from speechssl.models.ctc import CtcModel
 from speechssl.models.heads import CHAR_VOCAB, CtcHead, SpeakerHead
 from speechssl.models.wav2vec2 import Wav2Vec2Model
@@ -71,7 +73,7 @@ def with_ctc_encoder(ssl: Checkpoint, tuned: Checkpoint) -> dict:
     """One state dict from a self-supervised encoder and a CTC fine-tune of it: ``ssl``'s
     ``wav2vec2.*`` and heads as they are, ``tuned``'s heads, and each ``tuned`` encoder weight
     that fine-tuning changed as ``ctc_encoder.*`` (with frozen_layers only the top layers differ)."""
-    keep = ("wav2vec2.", *HEAD_PREFIXES.values(), LM_KEY)  # not a pretraining checkpoint's quantizer or label head
+    keep = ("wav2vec2.", *HEAD_PREFIXES.values(), LM_KEY, COHORT_KEY)  # not a pretraining checkpoint's quantizer or label head
     state = {k: v for k, v in ssl.state_dict.items() if k.startswith(keep)}
     for key, value in tuned.state_dict.items():
         if not key.startswith("wav2vec2."):
@@ -122,14 +124,30 @@ class Built:
     checkpoint: Checkpoint
     ctc_encoder: Wav2Vec2Model | None = None  # what the CTC head reads, when not ``encoder``
     lm: bytes | None = None  # a word n-gram for beam search (gzip'd ARPA), when the checkpoint carries one
+    score_norm: ScoreNorm | None = None  # verify's cohort normalisation, when the checkpoint carries one
 
 
 def from_checkpoint(source: Source) -> Built:
     """Encoder and every head of a checkpoint, for inference (``speechssl.load``)."""
     ckpt = read(source)
     lm = ckpt.state_dict.get(LM_KEY)
-    return Built(encoder(ckpt), ctc_head(ckpt), speaker_head(ckpt), ckpt, ctc_encoder(ckpt),
-                 None if lm is None else lm.numpy().tobytes())
+    head = speaker_head(ckpt)
+    return Built(encoder(ckpt), ctc_head(ckpt), head, ckpt, ctc_encoder(ckpt),
+                 None if lm is None else lm.numpy().tobytes(), score_norm(ckpt, head))
+
+
+def score_norm(ckpt: Checkpoint, head: SpeakerHead | None) -> ScoreNorm | None:
+    """The checkpoint's speaker cohort and its settings, or None when it carries none."""
+    cohort, settings = ckpt.state_dict.get(COHORT_KEY), ckpt.info.speaker_norm
+    if cohort is None and settings is None:
+        return None
+    if cohort is None or settings is None or head is None:
+        raise CheckpointError(f"{ckpt.source}: a speaker cohort needs its settings (metadata['speaker_norm']) "
+                              f"and a speaker head; this file has only part of them")
+    if cohort.ndim != 2 or cohort.shape[0] == 0 or cohort.shape[1] != head.dim:
+        raise CheckpointError(f"{ckpt.source}: {COHORT_KEY} must be (N, {head.dim}) speaker vectors, "
+                              f"got shape {tuple(cohort.shape)}")
+    return ScoreNorm(cohort.float().numpy(), settings["top_k"], float(settings["threshold"]))
 
 
 def load_ctc_model(path: Source) -> tuple[CtcModel, list[str]]:
