@@ -119,7 +119,7 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
         pytest.skip("espeak-ng is not installed (make test installs it)")
     require_fsdd()
     import speechssl
-    from speechssl.checkpoint import COHORT_KEY, LM_KEY, read_header
+    from speechssl.checkpoint import COHORT_KEY, LM_KEY, load_checkpoint, read_header
     from safetensors import safe_open
 
     out, ship = tmp_path / "recipe", tmp_path / "default.safetensors"
@@ -180,8 +180,11 @@ def test_a_tiny_recipe_end_to_end_and_resumed(tmp_path):
     assert np.allclose(model.embed(wave, 16000), pretrained.embed(wave, 16000), atol=2e-2)  # fp16 weights
     assert model.ctc_encoder is not model.encoder and model.lm is not None
     assert model.metadata["lm"]["order"] == 2
-    # The packaged threshold is the one the speaker stage found, and the test figures were taken at it.
-    assert model.speaker_threshold is not None and speaker_test["threshold"] == pytest.approx(model.speaker_threshold)
+    # The packaged cosine threshold is the one the speaker stage found; the test figures were taken
+    # at verify's threshold, the normalised score's, which the evaluate stage found.
+    assert model.speaker_threshold == pytest.approx(load_checkpoint(out / "speaker" / "best.safetensors").metadata[
+        "speaker_threshold"])
+    assert speaker_test["threshold"] == pytest.approx(model.verify_threshold)
     assert set(speaker_test["at_threshold"]) == {"miss", "false_alarm"}
 
     again = run_recipe(str(DEFAULT), overrides)  # all done: every stage is skipped
