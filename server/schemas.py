@@ -111,7 +111,7 @@ class SpeakerVerification(BaseModel):
     score: float  # cosine of the two speaker vectors, or its cohort normalisation ("scoring")
     threshold: float
     same_speaker: bool
-    scoring: str  # "cosine" or "as-norm" (speechssl.verification.ScoreNorm)
+    scoring: str  # "cosine" or "as-norm" (speechssl.metrics.ScoreNorm)
 
 
 class SpeechTimestamp(BaseModel):
