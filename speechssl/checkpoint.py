@@ -42,7 +42,7 @@ CTC_ENCODER_PREFIX = "ctc_encoder."
 LM_KEY = "lm.arpa_gzip"
 # Speaker-score normalisation, inside the file: speaker vectors (N, dim) of training speakers that
 # verify scores each trial against (adaptive s-norm); ``metadata["speaker_norm"]`` holds its
-# top_k and threshold (speechssl.verification.ScoreNorm).
+# top_k and threshold (speechssl.metrics.ScoreNorm).
 COHORT_KEY = "speaker_cohort"
 
 
