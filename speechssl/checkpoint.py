@@ -58,7 +58,7 @@ class CheckpointInfo:
     vocab: list[str] | None = None  # CTC output tokens
     blank_id: int = 0
     speaker_head: dict[str, Any] | None = None  # SpeakerHead(**speaker_head) rebuilds the head
-    speaker_threshold: float | None = None  # cosine threshold for verify: the validation EER point
+    speaker_threshold: float | None = None  # cosine threshold (verify without a cohort, diarization): the validation EER point
     # With a cohort (COHORT_KEY): {"top_k": int, "threshold": float}, verify's normalised-score
     # settings; speaker_threshold stays the cosine one (diarization clusters on cosines).
     speaker_norm: dict[str, Any] | None = None

@@ -92,7 +92,7 @@ def cohort_vectors(model: SpeechModel, utterances: Sequence[Utterance], batch_fi
     """(N, D) unit speaker vectors of ``utterances`` (a per-speaker draw of training speakers)."""
     vectors: list[np.ndarray] = []
     for i in range(0, len(utterances), batch_files):
-        vectors += model.speaker_outputs([load_audio(u.path) for u in utterances[i : i + batch_files]])[0]
+        vectors += model.speaker_vector([u.path for u in utterances[i : i + batch_files]])
     return np.stack(vectors).astype(np.float32)
 
 
