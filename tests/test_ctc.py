@@ -59,6 +59,27 @@ def test_beam_with_lm_resolves_an_ambiguous_vowel(tmp_path):
     assert BeamDecoder(V, BeamSettings(beam_size=16, lm=str(lm), lm_weight=1.0))(e) == "the cat sat"
 
 
+def test_lexicon_beam_guesses_a_half_heard_word_but_keeps_silence_empty(tmp_path):
+    # "ix" with a faint "s": the cheapest lexicon path is the empty sentence, yet the greedy path
+    # emits letters, so the best hypothesis that has words ("six") is the transcript.
+    lm = tmp_path / "lm.arpa"
+    write_arpa(["six", "seven", "eight", "one two"] * 3, lm, order=2)
+
+    def frame(scores: dict) -> torch.Tensor:
+        e = torch.full((len(V),), -12.0)
+        for label, score in scores.items():
+            e[BLANK if label is None else V.index(label)] = score
+        return e.log_softmax(-1)
+
+    half = torch.stack([frame({None: 0}), frame({"s": -7, None: 0}), frame({"i": 0, None: -2}),
+                        frame({"x": 0, None: -2}), frame({None: 0})])
+    one_hypothesis = BeamDecoder(V, BeamSettings(beam_size=16, lm=str(lm), lm_weight=1.0, nbest=1))
+    decoder = BeamDecoder(V, BeamSettings(beam_size=16, lm=str(lm), lm_weight=1.0))
+    assert one_hypothesis(half) == ""  # what the beam's best alone says
+    assert decoder(half) == "six"
+    assert decoder(torch.stack([frame({None: 0})] * 6)) == ""
+
+
 def test_arpa_probabilities_sum_to_one(tmp_path):
     arpa = build_arpa(["a b c", "a b d", "b c a", "c c"], order=2)
     probs, backoff, section = {}, {}, None
