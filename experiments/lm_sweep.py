@@ -14,6 +14,8 @@ speech), so no held-out test speaker shapes the decoder.
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import json
 import sys
 import time
@@ -25,6 +27,8 @@ import speechssl  # noqa: E402
 from speechssl.audio import load_audio  # noqa: E402
 from speechssl.data.manifest import normalize_text, read_manifest  # noqa: E402
 from speechssl.decode.ctc import lm_decoder  # noqa: E402
+from speechssl.decode.ngram import build_arpa, english_words  # noqa: E402
+from speechssl.recipe import lm_sentences  # noqa: E402
 from speechssl.metrics import error_rates  # noqa: E402
 
 DEFAULT_SETS = {"an4": "runs/default/real/an4-valid.jsonl", "lj": "runs/default/real/lj-valid.jsonl",
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--word-scores", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0])
     parser.add_argument("--objective", nargs="+", default=["an4=wer", "lj=cer", "synthetic=cer"],
                         metavar="NAME=wer|cer", help="the error rate each set adds to the mean (default: wer)")
+    parser.add_argument("--backgrounds", nargs="+", default=None, metavar="WORDS:WEIGHT",
+                        help="rebuild the LM from --run's training transcripts with this many general English "
+                        "words mixed in at this weight (0:0 for none) and sweep each; default: the checkpoint's LM")
+    parser.add_argument("--run", default="runs/default", help="the recipe run whose transcripts --backgrounds rebuilds from")
     parser.add_argument("--json", type=Path, help="write every pair's figures and the pick here")
     args = parser.parse_args(argv)
 
@@ -59,26 +67,33 @@ def main(argv: list[str] | None = None) -> int:
         waves = [load_audio(u.path) for u in utts]
         sets[name] = ([normalize_text(u.text) for u in utts], model.emissions(waves), [len(w) for w in waves])
     base = dict(model.metadata.get("lm") or {})
+    lms = {"checkpoint": model.lm}
+    if args.backgrounds:
+        sentences, lms = lm_sentences(args.run), {}
+        for spec in args.backgrounds:
+            words, _, weight = spec.partition(":")
+            background = english_words(int(words)) if int(words) else None
+            arpa = build_arpa(sentences, int(base.get("order", 3)), background=background, background_weight=float(weight or 0))
+            lms[spec] = gzip.compress(arpa.encode())
     rows = []
-    for weight in args.lm_weights:
-        for score in args.word_scores:
-            start = time.perf_counter()
-            decoder = lm_decoder(model.vocab, model.lm, {**base, "lm_weight": weight, "word_score": score})
-            row = {"lm_weight": weight, "word_score": score}
-            for name, (refs, emissions, lengths) in sets.items():
-                hyps = [model.transcript(e, n, decoder, timestamps=False).text for e, n in zip(emissions, lengths)]
-                row[name] = error_rates(refs, hyps)
-            row["objective"] = round(sum(row[name][objective.get(name, "wer")] for name in sets) / len(sets), 4)
-            row["seconds"] = round(time.perf_counter() - start, 1)
-            rows.append(row)
-            print(f"lm_weight={weight:<4g} word_score={score:<4g} objective {row['objective']:.4f}  "
-                  + "  ".join(f"{n} WER {row[n]['wer']:.3f} CER {row[n]['cer']:.3f}" for n in sets), flush=True)
+    for (lm_name, lm), weight, score in itertools.product(lms.items(), args.lm_weights, args.word_scores):
+        start = time.perf_counter()
+        decoder = lm_decoder(model.vocab, lm, {**base, "lm_weight": weight, "word_score": score})
+        row = {"lm": lm_name, "lm_weight": weight, "word_score": score}
+        for name, (refs, emissions, lengths) in sets.items():
+            hyps = [model.transcript(e, n, decoder, timestamps=False).text for e, n in zip(emissions, lengths)]
+            row[name] = error_rates(refs, hyps)
+        row["objective"] = round(sum(row[name][objective.get(name, "wer")] for name in sets) / len(sets), 4)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(f"lm {lm_name} lm_weight={weight:<4g} word_score={score:<4g} objective {row['objective']:.4f}  "
+              + "  ".join(f"{n} WER {row[n]['wer']:.3f} CER {row[n]['cer']:.3f}" for n in sets), flush=True)
     best = min(rows, key=lambda r: r["objective"])
-    print(f"best: lm_weight={best['lm_weight']} word_score={best['word_score']} objective {best['objective']} "
+    print(f"best: lm {best['lm']} lm_weight={best['lm_weight']} word_score={best['word_score']} objective {best['objective']} "
           f"(the checkpoint's: lm_weight={base.get('lm_weight')} word_score={base.get('word_score')})")
     if args.json:
         args.json.write_text(json.dumps({"checkpoint": args.checkpoint, "sets": args.sets, "objective": objective, "rows": rows,
-                                         "best": {k: best[k] for k in ("lm_weight", "word_score")}}, indent=2))
+                                         "best": {k: best[k] for k in ("lm", "lm_weight", "word_score")}}, indent=2))
     return 0
 
 

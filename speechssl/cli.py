@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     make_lm.add_argument("--text", nargs="*", default=[], type=Path, help="text files, one sentence per line")
     make_lm.add_argument("--manifest", nargs="*", default=[], type=Path, help="manifests whose text fields to use")
     make_lm.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    make_lm.add_argument("--background-words", type=int, default=0, metavar="N",
+                         help="mix in the unigrams of the N most frequent general English words, so words the "
+                         "text never used can be decoded (needs the `lm` extra: pip install -e '.[lm]'; default 0)")
+    make_lm.add_argument("--background-weight", type=float, default=0.3, metavar="W",
+                         help="their share of the unigram mass, in (0, 1) (default 0.3, with --background-words)")
     make_lm.add_argument("--out", required=True, type=Path, help="ARPA file to write")
 
     evaluate = sub.add_parser("evaluate", help="score a checkpoint on a manifest (WER/CER, EER) as JSON",

@@ -82,14 +82,19 @@ def data_manifest(args: argparse.Namespace) -> None:
 def make_lm(args: argparse.Namespace) -> None:
     from speechssl.config import ConfigError
     from speechssl.data.manifest import read_manifest
-    from speechssl.decode.ngram import write_arpa
+    from speechssl.decode.ngram import english_words, write_arpa
 
+    if args.background_words < 0 or not 0 < args.background_weight < 1:
+        raise ConfigError("make-lm: --background-words must be >= 0 and --background-weight in (0, 1)")
     sentences = [line for path in args.text for line in path.read_text(encoding="utf-8").splitlines()]
     sentences += [u.text for path in args.manifest for u in read_manifest(path) if u.text]
     if not sentences:
         raise ConfigError("make-lm: give --text files or --manifest files with transcripts")
-    write_arpa(sentences, args.out, order=args.order)
-    print(f"wrote a {args.order}-gram LM from {len(sentences)} sentences to {args.out}")
+    background = english_words(args.background_words) if args.background_words else None
+    write_arpa(sentences, args.out, order=args.order, background=background,
+               background_weight=args.background_weight if background else 0.0)
+    mixed = f" and {len(background)} general English words" if background else ""
+    print(f"wrote a {args.order}-gram LM from {len(sentences)} sentences{mixed} to {args.out}")
 
 
 # --- training --------------------------------------------------------------------------

@@ -77,6 +77,10 @@ class DataSources:
 class EvaluateConfig:
     speaker_per_speaker: int = 40  # test-split utterances per voice in the EER trials
     lm_order: int = 3  # beam search with a word n-gram of the train transcripts; 0 skips it
+    # Unigrams of general English (speechssl.decode.ngram.english_words, the `lm` extra) mixed
+    # into the n-gram with this weight, so words the transcripts never used can be decoded.
+    lm_background_words: int = 0
+    lm_background_weight: float = 0.0
     # The beam search's LM weight and word insertion score the package carries; pick them on
     # validation speech with experiments/lm_sweep.py, never on a test set.
     lm_weight: float = 0.5
@@ -88,6 +92,10 @@ class EvaluateConfig:
     cohort_per_speaker: int = 4
 
     def validate(self) -> None:
+        if self.lm_background_words < 0 or not 0 <= self.lm_background_weight < 1 or (
+                self.lm_background_weight > 0) != (self.lm_background_words > 0):
+            raise ConfigError("evaluate.lm_background_words must be >= 0 and evaluate.lm_background_weight in "
+                              "[0, 1), both set or both 0")
         if self.score_norm_top_k < 0 or self.cohort_per_speaker < 1:
             raise ConfigError("evaluate.score_norm_top_k must be >= 0 and evaluate.cohort_per_speaker >= 1")
 
@@ -117,6 +125,16 @@ class RecipeConfig:
                 raise ConfigError(f"{name}.config: file not found: {getattr(self, name).config}")
         if self.ship_dtype not in ("float16", "float32"):
             raise ConfigError("ship_dtype must be float16 or float32")
+
+
+def lm_sentences(out_dir: str | Path) -> list[str]:
+    """The word n-gram's text: every training transcript of a recipe run (AN4, LJ Speech, FSDD
+    training splits and the synthetic train split)."""
+    from speechssl.data.manifest import read_manifest
+
+    out = Path(out_dir)
+    return [u.text for name in ("an4-train", "lj-train", "fsdd-train") for u in read_manifest(out / "real" / f"{name}.jsonl")
+            if u.text] + [u.text for u in read_manifest(out / "corpus" / "train.jsonl") if u.text]
 
 
 class Recipe:
@@ -275,17 +293,18 @@ class Recipe:
     def stage_evaluate(self) -> dict[str, Any]:
         import speechssl
         from speechssl.data.manifest import read_manifest
-        from speechssl.decode.ngram import write_arpa
+        from speechssl.decode.ngram import english_words, write_arpa
         from speechssl.evaluation import evaluate_asr
         from speechssl.data.selection import per_speaker_subset
         from speechssl.verification import evaluate_speaker
 
         lm = None
-        if self.config.evaluate.lm_order > 0:  # a word n-gram of every training transcript
-            arpa = self.out / f"lm-{self.config.evaluate.lm_order}gram.arpa"
-            texts = [u.text for name in ("an4-train", "lj-train", "fsdd-train") for u in read_manifest(self.real(name))
-                     if u.text] + [u.text for u in read_manifest(self.corpus / "train.jsonl") if u.text]
-            write_arpa(texts, arpa, order=self.config.evaluate.lm_order)
+        chosen = self.config.evaluate
+        if chosen.lm_order > 0:  # a word n-gram of every training transcript
+            arpa = self.out / f"lm-{chosen.lm_order}gram.arpa"
+            background = english_words(chosen.lm_background_words) if chosen.lm_background_words else None
+            write_arpa(lm_sentences(self.out), arpa, order=chosen.lm_order, background=background,
+                       background_weight=chosen.lm_background_weight)
             lm = arpa.read_bytes()
         self.combine(lm)
         if self.config.evaluate.score_norm_top_k:
@@ -321,7 +340,10 @@ class Recipe:
             settings, chosen = BeamSettings(), self.config.evaluate
             metadata["lm"] = {"order": chosen.lm_order, "beam_size": settings.beam_size,
                               "lm_weight": chosen.lm_weight, "word_score": chosen.word_score,
-                              "text": "the training transcripts (synthetic train split, AN4, LJ Speech, FSDD)"}
+                              "text": "the training transcripts (synthetic train split, AN4, LJ Speech, FSDD)"
+                              + (f", mixed with the unigrams of {chosen.lm_background_words} general English words "
+                                 f"(wordfreq, CC BY-SA 4.0) at weight {chosen.lm_background_weight}"
+                                 if chosen.lm_background_words else "")}
         save_checkpoint(self.model_path, Checkpoint(state, ctc.model_config, metadata))
 
     def add_cohort(self) -> None:

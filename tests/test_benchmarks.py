@@ -102,5 +102,17 @@ def test_lm_sweep_decodes_every_pair_and_picks_the_lowest_objective(tiny_checkpo
     assert pairs == [(0.5, 0.0), (0.5, 1.0), (2.0, 0.0), (2.0, 1.0)]
     assert all(r["objective"] == round(r["tiny"]["cer"], 4) for r in report["rows"])
     best = min(report["rows"], key=lambda r: r["objective"])
-    assert report["best"] == {"lm_weight": best["lm_weight"], "word_score": best["word_score"]}
+    assert report["best"] == {"lm": "checkpoint", "lm_weight": best["lm_weight"], "word_score": best["word_score"]}
     assert load_checkpoint(ckpt).metadata["lm"]["lm_weight"] == 2.0
+
+    # --backgrounds rebuilds the LM from a recipe run's training transcripts, once per background.
+    run = tmp_path / "run"
+    for name in ("real/an4-train", "real/lj-train", "real/fsdd-train", "corpus/train"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / f"{name}.jsonl").write_text(manifest.read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "experiments/lm_sweep.py"), "--checkpoint", str(ckpt),
+                           "--sets", f"tiny={manifest}", "--objective", "tiny=cer", "--lm-weights", "0.5",
+                           "--word-scores", "0", "--run", str(run), "--backgrounds", "0:0", "50:0.3", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["lm"] for r in json.loads(out.read_text())["rows"]] == ["0:0", "50:0.3"]

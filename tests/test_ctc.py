@@ -12,7 +12,7 @@ import torch
 from speechssl.decode.align import word_timestamps
 from speechssl.decode.chunks import windows
 from speechssl.decode.ctc import BeamDecoder, BeamSettings, DecodeError, encode_text, greedy_decode
-from speechssl.decode.ngram import build_arpa, write_arpa
+from speechssl.decode.ngram import build_arpa, english_words, write_arpa
 from speechssl.models.heads import CHAR_VOCAB as V
 
 BLANK, SEP = 0, V.index("|")
@@ -80,8 +80,8 @@ def test_lexicon_beam_guesses_a_half_heard_word_but_keeps_silence_empty(tmp_path
     assert decoder(torch.stack([frame({None: 0})] * 6)) == ""
 
 
-def test_arpa_probabilities_sum_to_one(tmp_path):
-    arpa = build_arpa(["a b c", "a b d", "b c a", "c c"], order=2)
+def read_arpa(arpa: str) -> tuple[dict, dict]:
+    """(probabilities, backoff weights) by n-gram tuple, as plain numbers."""
     probs, backoff, section = {}, {}, None
     for line in arpa.splitlines():
         if line.endswith("-grams:"):
@@ -91,13 +91,44 @@ def test_arpa_probabilities_sum_to_one(tmp_path):
             probs[tuple(parts[1].split())] = 10 ** float(parts[0])
             if len(parts) > 2:
                 backoff[tuple(parts[1].split())] = 10 ** float(parts[2])
+    return probs, backoff
+
+
+@pytest.mark.parametrize("background", [None, {"b": 5.0, "zebra": 2.0, "yak": 1.0}])
+def test_arpa_probabilities_sum_to_one(background):
+    arpa = build_arpa(["a b c", "a b d", "b c a", "c c"], order=2, background=background,
+                      background_weight=0.3 if background else 0.0)
+    probs, backoff = read_arpa(arpa)
     vocab = [g[0] for g in probs if len(g) == 1 and g[0] != "<s>"]
     assert math.isclose(sum(probs[(w,)] for w in vocab), 1.0, abs_tol=1e-5)
     for history in ("a", "b", "<s>"):
         total = sum(probs.get((history, w), backoff[(history,)] * probs[(w,)]) for w in vocab)
         assert math.isclose(total, 1.0, abs_tol=1e-5)
+    if background:  # the background's words get its weight in their frequencies' proportions
+        assert probs[("zebra",)] == pytest.approx(2 * probs[("yak",)], rel=1e-4)
+        assert probs[("yak",)] == pytest.approx(0.3 / 8, rel=1e-4)
     with pytest.raises(ValueError):
         build_arpa(["", "  "], order=2)
+    with pytest.raises(ValueError, match="background"):
+        build_arpa(["a b"], order=2, background_weight=0.5)
+
+
+def test_a_background_word_list_lets_the_lexicon_beam_spell_new_words(tmp_path):
+    path = ["t", "h", "e", " ", "y", "a", "k", " ", "s", "a", "t"]
+    closed, open_ = tmp_path / "closed.arpa", tmp_path / "open.arpa"
+    write_arpa(["the cat sat", "the dog sat"] * 3, closed, order=2)
+    write_arpa(["the cat sat", "the dog sat"] * 3, open_, order=2, background={"yak": 1.0, "zebra": 1.0},
+               background_weight=0.3)
+    settings = dict(beam_size=16, lm_weight=1.0)
+    assert "yak" not in BeamDecoder(V, BeamSettings(lm=str(closed), **settings))(emission(path))
+    assert BeamDecoder(V, BeamSettings(lm=str(open_), **settings))(emission(path)) == "the yak sat"
+
+
+def test_english_words_are_frequent_first_and_spellable():
+    words = english_words(300)
+    assert len(words) == 300 and list(words)[0] == "the"
+    assert all(set(w) <= set(V) - {"|"} for w in words)
+    assert words["the"] > words[list(words)[-1]] > 0
 
 
 def test_decoder_bad_settings(tmp_path):

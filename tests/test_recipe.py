@@ -95,6 +95,8 @@ def test_two_stage_runs_at_once_keep_each_others_records(tmp_path, monkeypatch):
     (["data.corpus_hours=lots"], "data.corpus_hours: expected float"),
     (["data.voices=-1"], "data.voices must be >= 0"),
     (["data.kokoro_hours=1", "data.kokoro_voices=null"], "data.kokoro_voices must name the kokoro-js tarball"),
+    (["evaluate.lm_background_weight=0"], "evaluate.lm_background_words must be >= 0 .* both set or both 0"),
+    (["evaluate.lm_background_weight=1.0"], "evaluate.lm_background_weight in"),
 ])
 def test_bad_recipe_configs_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -33,11 +33,17 @@ def count_ngrams(sentences: Iterable[str], order: int) -> list[Counter]:
     return counts
 
 
-def build_arpa(sentences: Iterable[str], order: int = 3, discount: float = 0.7) -> str:
+def build_arpa(sentences: Iterable[str], order: int = 3, discount: float = 0.7,
+               background: dict[str, float] | None = None, background_weight: float = 0.0) -> str:
+    """ARPA text of the sentences' n-gram; ``background`` (word -> relative frequency, e.g. a
+    general English word list) mixes into the unigrams with ``background_weight``, so the
+    decoder can spell words the sentences never used, at the odds a general text gives them."""
     if order < 1:
         raise ValueError("order must be >= 1")
     if not 0 < discount < 1:
         raise ValueError("discount must be in (0, 1)")
+    if not 0 <= background_weight < 1 or (background_weight > 0 and not background):
+        raise ValueError("background_weight must be in [0, 1), and above 0 only with background words")
     counts = count_ngrams(sentences, order)
     if not counts[0]:
         raise ValueError("no words in the text")
@@ -48,6 +54,13 @@ def build_arpa(sentences: Iterable[str], order: int = 3, discount: float = 0.7) 
     freed = discount * len(counts[0]) / total
     uni = {g: (c - discount) / total + freed / vocab for g, c in counts[0].items()}
     uni[(UNK,)] = freed / vocab
+    if background_weight > 0:
+        # Every higher order backs off to these, so the model stays normalised as it is.
+        words = {w: f for w, f in (background or {}).items() if w not in (BOS, EOS, UNK) and f > 0}
+        norm = sum(words.values())
+        uni = {g: (1 - background_weight) * p for g, p in uni.items()}
+        for w, f in words.items():
+            uni[(w,)] = uni.get((w,), 0.0) + background_weight * f / norm
     probs.append(uni)
     backoff: list[dict[tuple, float]] = [{} for _ in range(order)]
     for n in range(2, order + 1):
@@ -89,5 +102,25 @@ def lower_prob(probs: list[dict[tuple, float]], gram: tuple) -> float:
     return lower_prob(probs, gram[1:])  # within build_arpa every lower-order n-gram was seen
 
 
-def write_arpa(sentences: Iterable[str], path: str | Path, order: int = 3, discount: float = 0.7) -> None:
-    Path(path).write_text(build_arpa(sentences, order, discount), encoding="utf-8")
+def english_words(count: int) -> dict[str, float]:
+    """The ``count`` most frequent English words of the ``wordfreq`` package (the optional ``lm``
+    extra; its word lists are CC BY-SA 4.0), normalised like the CTC alphabet, with their
+    frequencies: a general-text background for ``build_arpa``."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise ImportError("general English word frequencies need the optional wordfreq package: "
+                          "pip install -e '.[lm]'") from None
+    words: dict[str, float] = {}
+    for word in wordfreq.top_n_list("en", 2 * count):
+        text = normalize_text(word)
+        if text and " " not in text and text not in words:
+            words[text] = wordfreq.word_frequency(word, "en")
+            if len(words) == count:
+                break
+    return words
+
+
+def write_arpa(sentences: Iterable[str], path: str | Path, order: int = 3, discount: float = 0.7,
+               background: dict[str, float] | None = None, background_weight: float = 0.0) -> None:
+    Path(path).write_text(build_arpa(sentences, order, discount, background, background_weight), encoding="utf-8")
