@@ -574,3 +574,31 @@ def test_a_validation_cut_without_trials_fails_before_training(tiny_checkpoint, 
     assert main(["train-speaker", str(config), *args, f"data.max_valid_utterances={len(speakers)}"]) == 2
     assert "cannot make speaker trials" in capsys.readouterr().err
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_long_utterances_give_one_bank_item_per_part(tiny_checkpoint, digit_manifests):
+    from speechssl.config import load_config
+    from speechssl.data.manifest import Utterance, read_manifest
+    from speechssl.models import build
+    from speechssl.train.feature_bank import bank_items, build_bank, bank_key
+    from speechssl.train.speaker import SpeakerConfig
+
+    config = load_config(SpeakerConfig, None, [f"init_from={tiny_checkpoint}", f"data.train=[{digit_manifests[0]}]",
+                                               "max_utterance_seconds=0.15", "windows_per_utterance=3",
+                                               "augment.speeds=[1.0]", "augment.noise_prob=0.0", "run.progress=false"])
+    long, short = Utterance("a", "a.wav", 1.0, speaker="x"), Utterance("b", "b.wav", 0.2, speaker="y")
+    assert bank_items([long, short], config) == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 1)]
+    utts = read_manifest(digit_manifests[0])[:4]
+    encoder = build.encoder(load_checkpoint(tiny_checkpoint))
+    bank = build_bank(encoder, utts, config, 2, torch.device("cpu"), progress=False)
+    slots = bank_items(utts, config)
+    assert len(bank) == len(slots) > len(utts)
+    assert bank.speakers == [utts[u].speaker for u, _, _ in slots]
+    k = next(k for k in range(len(slots) - 1) if slots[k][0] == slots[k + 1][0])  # two parts of one recording
+    first, second = (bank.frames[bank.offsets[j] : bank.offsets[j + 1]] for j in (k, k + 1))
+    assert not torch.equal(first, second)  # two windows
+    one = load_config(SpeakerConfig, None, [f"init_from={tiny_checkpoint}", f"data.train=[{digit_manifests[0]}]",
+                                            "max_utterance_seconds=0.15"])
+    assert bank_key(one, utts, 2) != bank_key(config, utts, 2)
+    with pytest.raises(ConfigError, match="windows_per_utterance must be >= 1"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "windows_per_utterance=0"])

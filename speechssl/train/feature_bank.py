@@ -64,19 +64,23 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
     ``config.head.mel_bins`` the log-mel spectra of the same augmented audio are kept beside them."""
     encoder.eval()
     window = int(config.max_utterance_seconds * SAMPLE_RATE)
-    waves_durations = [min(u.duration, config.max_utterance_seconds) for u in utterances]
+    slots = bank_items(utterances, config)
+    waves_durations = [min(utterances[u].duration, config.max_utterance_seconds) for u, _, _ in slots]
     sampler = SecondsBatchSampler(waves_durations, config.data.max_batch_seconds, shuffle=False)
-    items: list[Tensor | None] = [None] * len(utterances)
-    mels: list[Tensor | None] = [None] * len(utterances)
+    items: list[Tensor | None] = [None] * len(slots)
+    mels: list[Tensor | None] = [None] * len(slots)
     bins = config.head.mel_bins
-    speeds = [1.0] * len(utterances)
+    speeds = [1.0] * len(slots)
     for batch in tqdm(list(sampler), desc="encoding training audio", disable=not progress, dynamic_ncols=True):
         waves = []
         for i in batch:
             rng = np.random.default_rng((config.run.seed, i))
-            wave = load_audio(utterances[i].path)
-            if len(wave) > window:
-                start = int(rng.integers(0, len(wave) - window + 1))
+            u, part, parts = slots[i]
+            wave = load_audio(utterances[u].path)
+            if len(wave) > window:  # a random window inside this item's part of the utterance
+                lo, hi = len(wave) * part // parts, len(wave) * (part + 1) // parts
+                lo, hi = (lo, hi - window) if hi - lo >= window else (0, len(wave) - window)
+                start = int(rng.integers(lo, hi + 1))
                 wave = wave[start : start + window]
             wave, speeds[i] = augment(wave, rng, config.augment)
             waves.append(wave)
@@ -93,8 +97,18 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
             if mel is not None:
                 mels[i] = mel[row, : int(out.lengths[row])].clone()
     offsets = torch.tensor([0] + [len(t) for t in items]).cumsum(0)  # type: ignore[arg-type]
-    return FeatureBank(torch.cat(items), offsets, [u.speaker for u in utterances], speeds,  # type: ignore[arg-type,misc]
+    return FeatureBank(torch.cat(items), offsets, [utterances[u].speaker for u, _, _ in slots], speeds,  # type: ignore[arg-type,misc]
                        normalized=not raw, mel=torch.cat(mels) if bins else None)  # type: ignore[arg-type]
+
+
+def bank_items(utterances: list[Utterance], config: SpeakerConfig) -> list[tuple[int, int, int]]:
+    """(utterance index, part, parts) per bank item: an utterance yields one item per
+    ``max_utterance_seconds`` it holds, at most ``windows_per_utterance``."""
+    items = []
+    for u, utt in enumerate(utterances):
+        parts = max(1, min(config.windows_per_utterance, int(utt.duration // config.max_utterance_seconds)))
+        items += [(u, part, parts) for part in range(parts)]
+    return items
 
 
 def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int) -> str:
@@ -105,7 +119,8 @@ def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int
             "augment": {k: v for k, v in dataclasses.asdict(config.augment).items() if k != "speed_as_new_speaker"},
             "max_utterance_seconds": config.max_utterance_seconds, "seed": config.run.seed, "states": num_states,
             # Only when set, so the banks cached before heads read spectra keep their keys.
-            "raw": config.finetune_top_layers > 0, **({"mel_bins": config.head.mel_bins} if config.head.mel_bins else {})}
+            "raw": config.finetune_top_layers > 0, **({"mel_bins": config.head.mel_bins} if config.head.mel_bins else {}),
+            **({"windows": config.windows_per_utterance} if config.windows_per_utterance > 1 else {})}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -74,6 +74,9 @@ class SpeakerConfig:
     per_speaker: int | None = 12  # training utterances per speaker (seeded draw); None: all
     valid_per_speaker: int = 40
     max_utterance_seconds: float = 8.0  # a longer utterance is cut to one random window this long
+    # Up to this many windows of a long utterance, one per equal part, each an item of its own:
+    # a speaker with one long recording (the LibriSpeech clips) then shows the head how it varies.
+    windows_per_utterance: int = 1
     crop_seconds: list[float] = field(default_factory=lambda: [2.0, 4.0])  # training crop length range
     batch_size: int = 64  # crops per update
     speaker_id_pattern: str | None = None  # regex whose group 1 is the speaker, for rows without one
@@ -89,6 +92,8 @@ class SpeakerConfig:
             raise ConfigError("crop_seconds: give [shortest, longest] with 0 < shortest <= longest")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2")
+        if self.windows_per_utterance < 1:
+            raise ConfigError("windows_per_utterance must be >= 1")
         if self.per_speaker is not None and self.per_speaker < 1:
             raise ConfigError("per_speaker must be >= 1 or null")
         if self.speaker_id_pattern is not None:
