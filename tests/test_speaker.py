@@ -602,3 +602,23 @@ def test_long_utterances_give_one_bank_item_per_part(tiny_checkpoint, digit_mani
     assert bank_key(one, utts, 2) != bank_key(config, utts, 2)
     with pytest.raises(ConfigError, match="windows_per_utterance must be >= 1"):
         load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "windows_per_utterance=0"])
+
+
+def test_train_repeats_give_each_utterance_more_bank_items(digit_manifests):
+    from speechssl.config import load_config
+    from speechssl.data.manifest import read_manifest
+    from speechssl.train.speaker import SpeakerConfig, load_speaker_data
+
+    rows = read_manifest(digit_manifests[0])
+    base = [f"data.train=[{digit_manifests[0]}]", f"data.valid=[{digit_manifests[1]}]", "per_speaker=null"]
+    once, _ = load_speaker_data(load_config(SpeakerConfig, None, base))
+    thrice, _ = load_speaker_data(load_config(SpeakerConfig, None, [*base, "data.train_repeats=[3]"]))
+    assert len(once) == len(rows) and len(thrice) == 3 * len(rows) == len({u.id for u in thrice})
+    assert sorted(u.path for u in thrice) == sorted(u.path for u in rows for _ in range(3))
+    # Fine-tuning and pretraining read a copy through data.augment, so they still ask for it.
+    from speechssl.train.ctc import CtcConfig
+    from speechssl.train.pretrain import PretrainConfig
+
+    for cls in (CtcConfig, PretrainConfig):
+        with pytest.raises(ConfigError, match="set data.augment too"):
+            load_config(cls, None, [f"data.train=[{digit_manifests[0]}]", "data.train_repeats=[2]"])

@@ -63,6 +63,7 @@ class CtcConfig:
     probe: bool = False
 
     def validate(self) -> None:
+        self.data.copies_are_perturbed()
         unknown = set(self.model) - {"preset", *FINETUNE_MODEL_KEYS} if self.init_from else set()
         if unknown:
             raise ConfigError(f"model: with init_from only fine-tuning keys may be set ({', '.join(FINETUNE_MODEL_KEYS)}); "

@@ -78,6 +78,7 @@ class PretrainConfig:
     init_from: str | None = None  # continue from a checkpoint's weights (not its optimizer)
 
     def validate(self) -> None:
+        self.data.copies_are_perturbed()
         model_config = self.model_config()  # unknown model keys fail here, with their names
         if self.objective.student_warp and model_config.front_end != "log_mel":
             raise ConfigError("objective.student_warp needs model.front_end: log_mel (it warps the spectrum)")

@@ -23,11 +23,15 @@ class DataConfig:
     train_repeats: list[int] = field(default_factory=list)
     augment: AugmentConfig | None = None
 
+    def copies_are_perturbed(self) -> None:
+        """For the tasks whose copies ``augment`` perturbs (CTC, pretraining); the speaker task
+        perturbs every bank item with its own ``augment`` and does not need it."""
+        if self.augment is None and any(r > 1 for r in self.train_repeats):
+            raise ConfigError("data.train_repeats > 1 makes augmented copies: set data.augment too")
+
     def validate(self) -> None:
         if self.train_repeats and (len(self.train_repeats) != len(self.train) or min(self.train_repeats) < 1):
             raise ConfigError("data.train_repeats: one count >= 1 per data.train manifest")
-        if self.augment is None and any(r > 1 for r in self.train_repeats):
-            raise ConfigError("data.train_repeats > 1 makes augmented copies: set data.augment too")
         if self.max_batch_seconds <= 0:
             raise ConfigError("data.max_batch_seconds must be > 0")
         if self.crop_seconds is not None and self.crop_seconds > self.max_batch_seconds:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from speechssl.checkpoint import Checkpoint, atomic_write, load_checkpoint
 from speechssl.config import ConfigError, load_config
-from speechssl.data.augment import AugmentConfig
+from speechssl.data.augment import AugmentConfig, mixed_manifests
 from speechssl.data.dataset import Batch
 from speechssl.data.selection import per_speaker_subset, with_speakers
 from speechssl.data.manifest import Utterance, read_manifest
@@ -210,7 +210,9 @@ class SpeakerTask:
 
 def load_speaker_data(config: SpeakerConfig) -> tuple[list[Utterance], list[Utterance]]:
     pattern, seed = config.speaker_id_pattern, config.run.seed
-    train_utts = with_speakers([u for p in config.data.train for u in read_manifest(p)], pattern)
+    # data.train_repeats: a manifest read N times gives N bank items of each utterance, each
+    # with its own window and perturbation (build_bank), up to per_speaker.
+    train_utts = with_speakers(mixed_manifests(config.data.train, config.data.train_repeats), pattern)
     valid_utts = with_speakers([u for p in config.data.valid for u in read_manifest(p)], pattern)
     overlap = {u.speaker for u in train_utts} & {u.speaker for u in valid_utts}
     if overlap:
