@@ -251,24 +251,29 @@ class Recipe:
             return paths
         if name == "ctc":  # in this order (the YAML's data.train_repeats follow it): synthetic, AN4, LJ, FSDD[, Kokoro]
             train = [corpus, self.real("an4-train"), self.real("lj-train"), self.real("fsdd-train")]
-            repeats = {}
             if self.config.data.kokoro_hours:
                 train.append(str(self.kokoro / "train.jsonl"))
-            elif len(self.config.ctc.set.get("data.train_repeats") or []) == len(train) + 1:
-                # The YAML's last count is Kokoro's: without its manifest it has nothing to count.
-                repeats = {"data.train_repeats": self.config.ctc.set["data.train_repeats"][:-1]}
-            return {"init_from": self.encoder, "data.train": train, **repeats,
+            return {"init_from": self.encoder, "data.train": train, **self.counts_without_last(self.config.ctc, train),
                     # Real first: validation reads a prefix (data.max_valid_utterances).
                     "data.valid": [self.real("an4-valid"), self.real("lj-valid"), str(self.corpus / "valid.jsonl")],
                     "run.out_dir": str(self.out / "ctc")}
         # speaker: on the self-supervised encoder (frozen), not the CTC-tuned copy. LibriSpeech
-        # rows name their speaker only in the file name.
+        # rows name their speaker only in the file name. In this order (data.train_repeats follow
+        # it): synthetic, LibriSpeech, FSDD, AN4[, the extra voices].
         train = [corpus, self.real("librispeech"), self.real("fsdd-train"), self.real("an4-train")]
         if self.config.data.voices:
             train.append(str(self.voices / "train.jsonl"))
         return {"init_from": self.encoder, "finetune_top_layers": 0, "data.train": train,
+                **self.counts_without_last(self.config.speaker, train),
                 "data.valid": [str(self.corpus / "valid.jsonl"), self.real("an4-valid")],
                 "speaker_id_pattern": "^([0-9]+)-", "run.out_dir": str(self.out / "speaker")}
+
+    @staticmethod
+    def counts_without_last(stage: StageConfig, train: list[str]) -> dict[str, Any]:
+        """The YAML's data.train_repeats count the optional last manifest too (Kokoro speech, the
+        extra voices); when it is not made, its count has nothing to count and is dropped."""
+        counts = stage.set.get("data.train_repeats") or []
+        return {"data.train_repeats": counts[:-1]} if len(counts) == len(train) + 1 else {}
 
     def stage_pretrain(self) -> dict[str, Any]:
         from speechssl.train.pretrain import run_pretrain

@@ -30,7 +30,10 @@ def test_the_shipped_recipe_config_is_valid(tmp_path):
     from speechssl.train.pretrain import PretrainConfig
     from speechssl.train.speaker import SpeakerConfig
 
-    for gpu in (False, True):
+    # Without the optional last manifests (Kokoro for ctc, the extra voices for speaker) their
+    # counts are dropped from data.train_repeats.
+    without = load_config(RecipeConfig, DEFAULT, [f"out_dir={tmp_path}", "data.voices=0", "data.kokoro_hours=0"])
+    for config, gpu in ((config, False), (config, True), (without, False)):
         recipe = Recipe(config, gpu=gpu)
         assert recipe.stage_paths("ctc")["init_from"] == recipe.stage_paths("speaker")["init_from"] \
             == recipe.best("pretrain2")  # every head reads the second iteration's encoder
