@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.backgrounds:
             words, _, weight = spec.partition(":")
             background = english_words(int(words)) if int(words) else None
-            arpa = build_arpa(sentences, int(base.get("order", 3)), background=background, background_weight=float(weight or 0))
+            arpa = build_arpa(sentences, int(base.get("order", 3)), background=background,
+                              background_weight=float(weight or 0))
             lms[spec] = gzip.compress(arpa.encode())
     rows = []
     for (lm_name, lm), weight, score in itertools.product(lms.items(), args.lm_weights, args.word_scores):

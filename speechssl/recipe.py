@@ -133,8 +133,8 @@ def lm_sentences(out_dir: str | Path) -> list[str]:
     from speechssl.data.manifest import read_manifest
 
     out = Path(out_dir)
-    return [u.text for name in ("an4-train", "lj-train", "fsdd-train") for u in read_manifest(out / "real" / f"{name}.jsonl")
-            if u.text] + [u.text for u in read_manifest(out / "corpus" / "train.jsonl") if u.text]
+    manifests = [out / "real" / f"{name}.jsonl" for name in ("an4-train", "lj-train", "fsdd-train")]
+    return [u.text for path in [*manifests, out / "corpus" / "train.jsonl"] for u in read_manifest(path) if u.text]
 
 
 class Recipe:

@@ -97,7 +97,8 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
             if mel is not None:
                 mels[i] = mel[row, : int(out.lengths[row])].clone()
     offsets = torch.tensor([0] + [len(t) for t in items]).cumsum(0)  # type: ignore[arg-type]
-    return FeatureBank(torch.cat(items), offsets, [utterances[u].speaker for u, _, _ in slots], speeds,  # type: ignore[arg-type,misc]
+    speakers = [utterances[u].speaker for u, _, _ in slots]
+    return FeatureBank(torch.cat(items), offsets, speakers, speeds,  # type: ignore[arg-type,misc]
                        normalized=not raw, mel=torch.cat(mels) if bins else None)  # type: ignore[arg-type]
 
 
