@@ -153,14 +153,13 @@ class BeamDecoder:
     def __call__(self, emissions: Tensor) -> str:
         with self.lock:
             hyps = self.decoder(emissions.float().cpu().unsqueeze(0).contiguous())[0]
-        texts = [self.text(h.tokens.tolist()) for h in hyps]
-        best = texts[0] if texts else ""
+        best = self.text(hyps[0].tokens.tolist()) if hyps else ""
         if not best and bool(self.letters[emissions.argmax(-1).cpu()].any()):
             # A lexicon beam drops a word the acoustics only half spell ("ix" for "six"): the
             # empty sentence then outscores every real word. When the greedy path does emit
             # letters, a guess with words is better than nothing (FSDD held-out speaker: WER
             # 0.212 -> 0.178); silence still decodes to "".
-            best = next((t for t in texts if t), "")
+            best = next((t for t in (self.text(h.tokens.tolist()) for h in hyps[1:]) if t), "")
         return best
 
     def text(self, tokens: list[int]) -> str:
