@@ -264,7 +264,7 @@ class Offline:
     def summary(self) -> dict:
         return {"seconds": round(self.tally.elapsed, 2),
                 "audio_s_per_s": round(self.tally.audio_seconds / self.tally.elapsed, 2),
-                "max_batch_seconds": self.model.max_batch_seconds}
+                "max_batch_seconds": self.model.max_batch_seconds, "max_padding": self.model.max_padding}
 
 
 def main() -> None:

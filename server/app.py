@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.threads)
         model = await asyncio.to_thread(load_model, settings)
         model.max_batch_seconds = settings.batch_seconds(model.device.type)
+        if settings.max_padding is not None:
+            model.max_padding = None if settings.max_padding == float("inf") else settings.max_padding
         await asyncio.to_thread(work.warm_up, model)
         limit = logs.RateLimit()
         logs.install_filters(limit)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
                                             "default 120 on a GPU, 32 on a CPU (where big padded batches run slower "
                                             "than small ones: docs/benchmarks-serving.md)")
     max_batch_items: int = Field(64, ge=1, description="1 disables batching")
+    max_padding: float | None = Field(None, ge=0, description="a device batch is split where its padding would pass "
+                                      "this fraction of its audio; default: the model's (0.1 on a CPU, where padding "
+                                      "costs as much as audio; none on a GPU); inf disables")
     max_wait_ms: float = Field(10.0, ge=0, description="how long the first request of a batch waits for company")
     max_queue: int = Field(256, ge=1, description="queued requests before 503 + Retry-After")
     request_timeout_s: float | None = Field(None, gt=0, description="per-request deadline in the queue and on "

@@ -68,6 +68,10 @@ class SpeechModel:
         self.device = device
         self.name = name
         self.max_batch_seconds = max_batch_seconds
+        # On a CPU a padded frame costs as much as a real one and a batch buys little, so a batch
+        # of mixed lengths is split where padding would pass 10% (docs/benchmarks-serving.md);
+        # a GPU computes the padding in parallel and pays per kernel launch instead.
+        self.max_padding: float | None = 0.1 if device.type == "cpu" else None
         self.chunk_seconds = 30.0  # longer audio is transcribed in overlapping windows
         self.chunk_context = 3.0  # seconds on each side of a window's kept core
 
@@ -165,7 +169,8 @@ class SpeechModel:
     def batches(self, waves: list[np.ndarray]):
         """(indices, padded waves, lengths) on the device, in length-sorted batches bounded by
         padded seconds: the training sampler, unshuffled."""
-        sampler = SecondsBatchSampler([len(w) / SAMPLE_RATE for w in waves], self.max_batch_seconds, shuffle=False)
+        sampler = SecondsBatchSampler([len(w) / SAMPLE_RATE for w in waves], self.max_batch_seconds, shuffle=False,
+                                      max_padding=self.max_padding)
         for batch in sampler:
             longest = max(len(waves[i]) for i in batch)
             padded = torch.zeros(len(batch), longest)

@@ -74,6 +74,21 @@ def test_oversized_utterance_forms_its_own_batch(caplog):
     assert "longer than max_batch_seconds" not in caplog.text
 
 
+def test_max_padding_splits_a_batch_where_its_padding_would_pass_the_bound():
+    """Inference on a CPU: sorted clips of mixed lengths, each batch's padding within 10% of its
+    audio; without the bound, the same clips share one padded batch."""
+    durations = [1.0, 1.05, 1.1, 2.0, 2.1, 6.0, 6.3]
+    assert list(SecondsBatchSampler(durations, 100.0, shuffle=False)) == [list(range(7))]
+    bounded = list(SecondsBatchSampler(durations, 100.0, shuffle=False, max_padding=0.1))
+    assert bounded == [[0, 1, 2], [3, 4], [5, 6]]
+    for batch in bounded:
+        assert padded_seconds(batch, np.asarray(durations)) <= 1.1 * sum(durations[i] for i in batch)
+    # 0 pads nothing: only equal lengths share a batch
+    assert list(SecondsBatchSampler([1.0, 1.0, 1.5], 100.0, shuffle=False, max_padding=0.0)) == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="max_padding"):
+        SecondsBatchSampler(durations, 10.0, max_padding=-0.1)
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_every_index_exactly_once_per_epoch(shuffle):
     durations = random_durations(157)

@@ -216,6 +216,20 @@ def test_int8_server_stays_close_to_fp32(server, checkpoint, speech):
         Settings(quantize="int4")
 
 
+def test_max_padding_setting_reaches_the_model_and_changes_no_answer(server, checkpoint, speech):
+    """SPEECHSSL_MAX_PADDING: the served model splits batches at the model's CPU default (0.1)
+    unless told otherwise; inf lifts the bound. Either way a request gets the same embedding."""
+    files = {"file": ("a.wav", speech, "audio/wav")}
+    bounded = np.array(httpx.post(server.url + "/v1/embeddings", files=files, headers=AUTH).json()["data"][0]["embedding"])
+    assert server.app.state.model.max_padding == 0.1
+    with LiveServer(Settings(checkpoint=checkpoint, device="cpu", precision="fp32", max_padding=float("inf"))) as live:
+        assert live.app.state.model.max_padding is None
+        unbounded = np.array(httpx.post(live.url + "/v1/embeddings", files=files).json()["data"][0]["embedding"])
+    np.testing.assert_allclose(bounded, unbounded, atol=1e-5)
+    with pytest.raises(ValueError, match="max_padding"):
+        Settings(max_padding=-0.5)
+
+
 def test_serve_auto_precision_is_bf16_where_the_cpu_has_it(monkeypatch):
     """`serve`'s default (precision auto): bf16 on a CPU with native bf16; on one without, auto
     stays auto (SpeechModel computes fp32 on a CPU); an explicit setting is kept either way."""

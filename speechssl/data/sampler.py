@@ -53,6 +53,7 @@ class SecondsBatchSampler(Sampler[list[int]]):
         crop_seconds: float | None = None,
         drop_last: bool = False,
         bucket_width: float = 0.1,
+        max_padding: float | None = None,
     ):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
@@ -62,6 +63,8 @@ class SecondsBatchSampler(Sampler[list[int]]):
             raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
         if bucket_width <= 0:
             raise ValueError(f"bucket_width must be > 0, got {bucket_width}")
+        if max_padding is not None and max_padding < 0:
+            raise ValueError(f"max_padding must be >= 0 or None, got {max_padding}")
         effective = np.asarray(durations, dtype=np.float64)
         if effective.ndim != 1 or (effective.size and (not np.isfinite(effective).all() or effective.min() < 0)):
             raise ValueError("durations must be a 1-D sequence of finite, non-negative seconds")
@@ -72,6 +75,7 @@ class SecondsBatchSampler(Sampler[list[int]]):
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.num_replicas, self.rank = num_replicas, rank
         self.bucket_width = bucket_width
+        self.max_padding = max_padding
         self.epoch, self.position = 0, 0
         self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
         oversized = int((effective > self.max_batch_seconds).sum())
@@ -123,17 +127,21 @@ class SecondsBatchSampler(Sampler[list[int]]):
         return batches
 
     def _pack(self, order: np.ndarray) -> list[list[int]]:
-        """Greedy: extend the batch while size x longest still fits."""
+        """Greedy: extend the batch while size x longest still fits (and, with ``max_padding``,
+        while the padding stays within that fraction of the batch's audio)."""
         batches: list[list[int]] = []
         current: list[int] = []
-        longest = 0.0
+        longest = total = 0.0
         for index in order.tolist():
             seconds = self.effective[index]
-            if current and (len(current) + 1) * max(longest, seconds) > self.max_batch_seconds:
+            padded = (len(current) + 1) * max(longest, seconds)
+            if current and (padded > self.max_batch_seconds or
+                            (self.max_padding is not None and padded > (1 + self.max_padding) * (total + seconds))):
                 batches.append(current)
-                current, longest = [], 0.0
+                current, longest, total = [], 0.0, 0.0
             current.append(index)
             longest = max(longest, seconds)
+            total += seconds
         if current:
             batches.append(current)
         return batches
