@@ -8,7 +8,8 @@ short request that arrives while a 300 s one runs waits for one batch, not the w
 it. The batch is that job's next piece plus the waiting pieces of the same operation
 nearest its length, up to ``max_batch_seconds`` of padded audio and ``max_batch_items``
 (a batch of similar lengths pads little: on a CPU a batch in arrival order spent about a
-third of its work on padding). A new job waits up to ``max_wait_ms`` for company.
+third of its work on padding; ``SpeechModel`` then splits what the 16-odd pieces in flight
+cannot match closely, at its ``max_padding``). A new job waits up to ``max_wait_ms`` for company.
 
 ``workers`` model threads run batches side by side. On a CPU, two threads of one torch
 thread each beat one batch on two threads: intra-op threads meet at a barrier after every
