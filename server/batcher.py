@@ -211,16 +211,11 @@ class Batcher:
     async def run(self, items: list[tuple[Job, int]]) -> None:
         loop = asyncio.get_running_loop()
         op, started = items[0][0].op, time.monotonic()
-        # A job whose remaining pieces are all in this batch is stitched in the same trip to the
-        # model thread: one hop per batch rather than one more per request, each waiting on a
-        # busy event loop while the thread idles (docs/benchmarks-serving.md).
-        jobs = list(dict.fromkeys(job for job, _ in items))
-        last = [job for job in jobs if not job.todo and job.running == sum(j is job for j, _ in items)]
         try:
-            outputs, stitched = await loop.run_in_executor(self.executor, self.compute, op, items, last)
+            outputs = await loop.run_in_executor(self.executor, self.run_batch, op, [j.pieces[k] for j, k in items])
         except Exception:  # run the pieces alone, so that one bad item fails only its own request
             log.exception("batch of %d pieces failed", len(items))
-            outputs, stitched = [await self.run_alone(job, k) for job, k in items], {}
+            outputs = [await self.run_alone(job, k) for job, k in items]
         if self.on_batch:
             self.on_batch(len(items), sum(len(j.pieces[k]) for j, k in items) / SAMPLE_RATE, time.monotonic() - started)
         ended = time.monotonic()
@@ -228,7 +223,7 @@ class Batcher:
             job.outputs[k] = out
             job.served_at = ended
             job.running -= 1
-        for job in jobs:
+        for job in dict.fromkeys(job for job, _ in items):
             if job.on_progress is not None:
                 self.progress(job)
             if job in self.jobs and any(isinstance(o, BaseException) for o in job.outputs.values()):
@@ -236,37 +231,7 @@ class Batcher:
                 self.fail(job, next(o for o in job.outputs.values() if isinstance(o, BaseException)))
             elif job in self.jobs and job.done:
                 self.jobs.remove(job)
-                if job in stitched:
-                    self.settle(job, *stitched[job])
-                else:
-                    await self.finish(job)
-
-    def compute(self, op: Hashable, items: list[tuple[Job, int]], last: list[Job]) -> tuple[list[Any], dict]:
-        """In the model thread: the batch's outputs, and (ok, result or error) of each job in ``last``."""
-        outputs = self.run_batch(op, [job.pieces[k] for job, k in items])
-        mine: dict[Job, dict[int, Any]] = {}
-        for (job, k), out in zip(items, outputs):
-            mine.setdefault(job, {})[k] = out
-        stitched = {}
-        for job in (j for j in last if not j.future.done()):  # a client that left needs no result
-            done = {**job.outputs, **mine[job]}  # no other batch holds its pieces: nothing writes these now
-            if not any(isinstance(o, BaseException) for o in done.values()):
-                stitched[job] = self.stitch(job, [done[k] for k in range(len(job.pieces))])
-        return outputs, stitched
-
-    @staticmethod
-    def stitch(job: Job, outputs: list[Any]) -> tuple[bool, Any]:
-        try:
-            return True, job.finish(outputs)
-        except Exception as exc:
-            log.exception("stitching a job of %.1f s failed", job.seconds)
-            return False, exc
-
-    def settle(self, job: Job, ok: bool, value: Any) -> None:
-        if not ok:
-            self.fail(job, value)
-        elif not job.future.done():
-            job.future.set_result(value)
+                await self.finish(job)
 
     @staticmethod
     def progress(job: Job) -> None:
@@ -293,7 +258,14 @@ class Batcher:
         if job.future.done():
             return
         outputs = [job.outputs[k] for k in range(len(job.pieces))]
-        self.settle(job, *await asyncio.get_running_loop().run_in_executor(self.executor, self.stitch, job, outputs))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, job.finish, outputs)
+        except Exception as exc:
+            log.exception("stitching a job of %.1f s failed", job.seconds)
+            self.fail(job, exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
 
     @staticmethod
     def fail(job: Job, exc: BaseException) -> None:

@@ -147,34 +147,3 @@ def test_two_model_threads_run_batches_side_by_side_and_a_long_job_cannot_take_b
     assert order[:2] in ([[0], [1]], [[1], [0]])
     assert order.index([99]) <= 3, order  # the next batch after the two that were running (or one more)
     assert sorted(order) == [[k] for k in range(6)] + [[99]]
-
-
-def test_a_request_is_stitched_in_the_model_thread_trip_of_its_last_batch():
-    """One trip to the model thread per batch: the stitch of each request whose last piece is in
-    the batch runs right after it, in the same call, and a failing stitch fails only its own request."""
-    trips, stitched_in, submissions = [], [], []
-
-    def run(op, waves):
-        trips.append(threading.current_thread().name)
-        return [int(w[0]) for w in waves]
-
-    def finish(outputs):
-        stitched_in.append((threading.current_thread().name, len(trips)))
-        if outputs == [13]:
-            raise ValueError("cannot stitch 13")
-        return outputs
-
-    async def scenario():
-        batcher = Batcher(run, max_batch_seconds=100.0, max_batch_items=64, max_wait_ms=20, max_queue=8)
-        submit_to_thread = batcher.executor.submit
-        batcher.executor.submit = lambda *a, **k: (submissions.append(a[0]), submit_to_thread(*a, **k))[1]
-        batcher.start()
-        futures = [batcher.submit("embed", [np.full(16000, k, np.float32)], finish).future for k in (1, 2, 13)]
-        answers = await asyncio.gather(*futures, return_exceptions=True)
-        await batcher.drain()
-        return answers
-
-    ok1, ok2, failed = asyncio.run(scenario())
-    assert (ok1, ok2) == ([1], [2]) and isinstance(failed, ValueError)
-    assert len(trips) == 1 and len(submissions) == 1  # one batch of three, one call into the model thread
-    assert all(name.startswith("model") and after == 1 for name, after in stitched_in) and len(stitched_in) == 3
