@@ -27,9 +27,9 @@ class SecondsBatchSampler(Sampler[list[int]]):
     validation sees every file; when shuffling (training) a warning at construction says how many.
 
     Batches are built by sorting on duration, so similar lengths share a batch and
-    padding stays small. With `max_padding` (inference on a CPU), a batch also closes before
-    its padding would pass that fraction of its audio. With `shuffle`, durations are grouped into buckets about
-    `bucket_width` wide (relative, 0.1 = 10 %) and the order inside a bucket is random,
+    padding stays small. With `max_padding` (inference on a CPU), a batch also closes
+    before its padding would pass that fraction of its audio. With `shuffle`, durations
+    are grouped into buckets about `bucket_width` wide (relative, 0.1 = 10 %) and the order inside a bucket is random,
     so batch membership changes between epochs; the batch order is shuffled too. Both
     depend only on (seed, epoch): call `set_epoch` before each epoch.
 
