@@ -29,9 +29,10 @@ class SecondsBatchSampler(Sampler[list[int]]):
     Batches are built by sorting on duration, so similar lengths share a batch and
     padding stays small. With `max_padding` (inference on a CPU), a batch also closes
     before its padding would pass that fraction of its audio. With `shuffle`, durations
-    are grouped into buckets about `bucket_width` wide (relative, 0.1 = 10 %) and the order inside a bucket is random,
-    so batch membership changes between epochs; the batch order is shuffled too. Both
-    depend only on (seed, epoch): call `set_epoch` before each epoch.
+    are grouped into buckets about `bucket_width` wide (relative, 0.1 = 10 %) and the
+    order inside a bucket is random, so batch membership changes between epochs; the
+    batch order is shuffled too. Both depend only on (seed, epoch): call `set_epoch`
+    before each epoch.
 
     With `num_replicas` R > 1 rank r takes every R-th batch of the epoch's list. All
     ranks get the same number of batches (otherwise DDP hangs in an all-reduce): the
