@@ -17,7 +17,7 @@ from speechssl.checkpoint import COHORT_KEY, Checkpoint, CheckpointError, load_c
 from speechssl.cli import main
 from speechssl.config import ConfigError
 from speechssl.metrics import ScoreNorm, eer, min_dcf
-from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead, log_mel_frames
+from speechssl.models.heads import AamSoftmax, AttentiveStatsPooling, SpeakerHead, log_mel_frames, pitch_frames
 from speechssl.verification import TrialError, Verification, make_trials, read_trials
 from tests.conftest import require_fsdd
 
@@ -50,17 +50,18 @@ def waves(*seconds: float) -> list[np.ndarray]:
 # --- head and loss -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("context, mel_bins", [([], 0), ([1, 2], 0), ([1, 2], 5)],
-                         ids=["pooling-only", "time-convolutions", "with-spectra"])
-def test_pooling_ignores_padding_batch_equals_items(context, mel_bins):
+@pytest.mark.parametrize("context, mel_bins, pitch", [([], 0, False), ([1, 2], 0, False), ([1, 2], 5, False),
+                                                     ([1, 2], 5, True)],
+                         ids=["pooling-only", "time-convolutions", "with-spectra", "with-pitch"])
+def test_pooling_ignores_padding_batch_equals_items(context, mel_bins, pitch):
     torch.manual_seed(0)
     head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, context=context,
-                       mel_bins=mel_bins).eval()
+                       mel_bins=mel_bins, pitch=pitch).eval()
     lengths = torch.tensor([7, 3, 5])
     states = torch.randn(3, 7, 3, 12)
     states[1, 3:] = 1e3  # padding content must not matter
     states[2, 5:] = float("nan")
-    mel = torch.randn(3, 7, 5) if mel_bins else None
+    mel = torch.randn(3, 7, head.spectra_width) if mel_bins else None
     if mel is not None:
         mel[1, 3:] = 1e3
     batch = head(states, lengths, mel=mel)
@@ -105,6 +106,29 @@ def test_log_mel_frames_work_under_autograd_after_inference_mode():
     assert wave.grad is not None and torch.isfinite(wave.grad).all()
 
 
+def harmonic_tone(f0: float, seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(16000 * seconds)) / 16000
+    return sum(torch.sin(2 * math.pi * f0 * k * t) / k for k in range(1, 6)) * 0.1
+
+
+def test_pitch_frames_find_a_voice_f0_and_no_voicing_in_noise():
+    tones = torch.stack([harmonic_tone(f0) for f0 in (90.0, 150.0, 220.0, 330.0)])
+    track = pitch_frames(tones, 49)
+    assert track.shape == (4, 49, 2)
+    inner = track[:, 3:-3]  # away from the edges, where the window runs off the clip
+    f0 = 150.0 * 2 ** (inner[..., 0] / inner[..., 1])  # log2(F0 / 150) comes scaled by voicing
+    for row, expected in enumerate((90.0, 150.0, 220.0, 330.0)):
+        assert f0[row].median().item() == pytest.approx(expected, rel=0.02)
+        assert inner[row, :, 1].min() > 0.9
+    noise = pitch_frames(torch.randn(1, 16000, generator=torch.Generator().manual_seed(0)) * 0.1, 49)
+    assert noise[0, :, 1].mean() < 0.4  # noise has no period
+    # frames past a clip's end are padding: each item's own frames equal it alone
+    padded = torch.zeros(2, 16000)
+    padded[0], padded[1, :8000] = tones[0], tones[1, :8000]
+    both = pitch_frames(padded, 49)
+    torch.testing.assert_close(both[1, :20], pitch_frames(tones[1:2, :8000], 20)[0], atol=1e-4, rtol=1e-4)
+
+
 def test_a_mel_head_needs_its_spectra():
     torch.manual_seed(0)
     head = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, mel_bins=5).eval()
@@ -119,6 +143,11 @@ def test_a_mel_head_needs_its_spectra():
         head(states, lengths)
     with pytest.raises(ValueError, match="needs channels > 0"):
         SpeakerHead(hidden_size=12, num_layers=2, channels=0, mel_bins=5)
+    pitched = SpeakerHead(hidden_size=12, num_layers=2, dim=8, channels=10, attention_dim=6, mel_bins=5, pitch=True)
+    with pytest.raises(ValueError, match=r"reads 5 log-mel bins per frame and its pitch and voicing \(7 numbers\)"):
+        pitched(states, lengths, mel=mel)
+    with pytest.raises(ValueError, match="with pitch needs mel_bins > 0"):
+        SpeakerHead(hidden_size=12, num_layers=2, channels=10, pitch=True)
 
 
 def test_attentive_stats_of_one_frame_and_of_constant_frames():
@@ -464,6 +493,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.context=[1,0]"])
     with pytest.raises(ConfigError, match="mel_bins must be >= 0, and needs head.channels > 0"):
         load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.mel_bins=80", "head.channels=0"])
+    with pytest.raises(ConfigError, match="head.pitch is read beside the log-mel spectrum"):
+        load_config(SpeakerConfig, None, ["data.train=[x.jsonl]", "head.pitch=true"])
 
 
 def train_args(checkpoint: Path, manifests: tuple[Path, Path], out: Path, steps: int) -> list[str]:
@@ -527,17 +558,21 @@ def test_speaker_errors_script_counts_what_the_eer_counts(head_checkpoint, digit
     assert report["sibling_trials"] == 0  # FSDD names have no -pNN pitch part: no two settings of one voice
 
 
-def test_train_speaker_with_spectra_and_time_convolutions(tiny_checkpoint, digit_manifests, tmp_path, capsys):
+@pytest.mark.parametrize("pitch", [False, True], ids=["spectra", "spectra-and-pitch"])
+def test_train_speaker_with_spectra_and_time_convolutions(tiny_checkpoint, digit_manifests, tmp_path, capsys, pitch):
     out = tmp_path / "mel"
-    args = [*train_args(tiny_checkpoint, digit_manifests, out, 4), "head.mel_bins=20", "head.context=[1,2]"]
+    args = [*train_args(tiny_checkpoint, digit_manifests, out, 4), "head.mel_bins=20", "head.context=[1,2]",
+            f"head.pitch={str(pitch).lower()}"]
     config = tmp_path / "speaker.yaml"
     config.write_text("augment:\n  speeds: [1.0]\n")
     assert main(["train-speaker", str(config), *args]) == 0
     capsys.readouterr()
     bank = torch.load(next(out.glob("bank-*.pt")), weights_only=True)
-    assert bank["mel"].shape == (bank["frames"].shape[0], 20)  # a spectrum beside every cached frame
+    width = 22 if pitch else 20  # with pitch: F0 and voicing after the 20 bins
+    assert bank["mel"].shape == (bank["frames"].shape[0], width)  # a spectrum beside every cached frame
     model = speechssl.load(out / "best.safetensors", device="cpu")
     assert model.speaker_head.mel_bins == 20 and model.speaker_head.context == [1, 2]
+    assert model.speaker_head.pitch is pitch and model.speaker_head.spectra_width == width
     a, b = model.speaker_vector(waves(1.0, 0.8), sample_rate=16000)
     assert a.shape == (16,) and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
     assert model.verify(waves(1.0)[0], waves(1.0)[0], sample_rate=16000).score == pytest.approx(1.0, abs=1e-5)

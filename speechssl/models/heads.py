@@ -87,6 +87,47 @@ def log_mel_frames(waves: Tensor, frames: int, bins: int) -> Tensor:
     return F.layer_norm(logmel, (bins,))
 
 
+# Pitch: periods of 60-500 Hz voices, looked for in 40 ms windows (two periods of the lowest).
+PITCH_WINDOW, PITCH_MIN_HZ, PITCH_MAX_HZ = 640, 60.0, 500.0
+PITCH_OCTAVE_COST = 0.1  # per octave of lag: a period's double correlates as well, so longer lags pay
+
+
+def pitch_frames(waves: Tensor, frames: int) -> Tensor:
+    """(B, N) 16 kHz waves -> (B, frames, 2): log2(F0 / 150 Hz) and voicing (0-1) per encoder frame.
+
+    A 40 ms window centred on each 20 ms frame; the normalised autocorrelation (divided by the
+    window's own, as Boersma's method does) peaks at the period of a voiced frame. Its highest
+    peak, less a small cost per octave of lag, gives F0; the peak's height says how voiced the
+    frame is. The log-mel's 25 ms windows cannot resolve the harmonics of most voices: sibling
+    voices that differ only in pitch were the speaker head's commonest confusion.
+    """
+    hop, centre = 320, 200  # the encoder frame t covers samples [320 t, 320 t + 400)
+    pad_left = PITCH_WINDOW // 2 - centre
+    needed = pad_left + hop * (frames - 1) + PITCH_WINDOW
+    padded = F.pad(waves.float(), (pad_left, max(0, needed - pad_left - waves.shape[1])))
+    chunks = padded.unfold(1, PITCH_WINDOW, hop)[:, :frames]  # (B, frames, W)
+    window = torch.hann_window(PITCH_WINDOW, device=waves.device)
+    chunks = (chunks - chunks.mean(-1, keepdim=True)) * window
+    n_fft = 2 * PITCH_WINDOW
+    auto = torch.fft.irfft(torch.fft.rfft(chunks, n_fft).abs().square(), n_fft)[..., :PITCH_WINDOW]
+    window_auto = torch.fft.irfft(torch.fft.rfft(window, n_fft).abs().square(), n_fft)[:PITCH_WINDOW]
+    lo, hi = int(SAMPLE_RATE / PITCH_MAX_HZ), int(SAMPLE_RATE / PITCH_MIN_HZ)
+    lags = torch.arange(lo, hi + 1, device=waves.device)
+    corr = (auto[..., lo : hi + 1] / auto[..., :1].clamp(min=1e-8)) / (window_auto[lo : hi + 1] / window_auto[0])
+    cost = PITCH_OCTAVE_COST * torch.log2(lags.float() / lo)
+    best = (corr - cost).argmax(-1)  # (B, frames)
+    voicing = corr.gather(-1, best.unsqueeze(-1)).squeeze(-1).clamp(0.0, 1.0)
+    log_f0 = torch.log2(SAMPLE_RATE / lags[best].float() / 150.0)
+    out = torch.stack([log_f0 * voicing, voicing], dim=-1)  # unvoiced frames: no pitch to speak of
+    return F.pad(out, (0, 0, 0, max(0, frames - out.shape[1])))
+
+
+def frame_spectra(waves: Tensor, frames: int, bins: int, pitch: bool) -> Tensor:
+    """The speaker head's ``mel`` input: log-mel spectra, with the pitch track after them when ``pitch``."""
+    mel = log_mel_frames(waves, frames, bins)
+    return torch.cat([mel, pitch_frames(waves, frames)], dim=-1) if pitch else mel
+
+
 class TemporalBlock(nn.Module):
     """x + LayerNorm(ReLU(Conv1d(x))), kernel 3 at ``dilation``, over (B, T, C) frames.
 
@@ -115,6 +156,7 @@ class SpeakerHeadConfig:
     attention_dim: int = 128
     context: list[int] = field(default_factory=list)  # dilations of residual time convolutions, e.g. [1, 2, 3]
     mel_bins: int = 0  # also read each frame's log-mel spectrum (e.g. 80); 0: the encoder's frames alone
+    pitch: bool = False  # and each frame's pitch and voicing (pitch_frames), beside the spectrum
 
     def validate(self) -> None:
         from speechssl.config import ConfigError
@@ -125,6 +167,8 @@ class SpeakerHeadConfig:
             raise ConfigError("head.context: dilations must be >= 1")
         if self.mel_bins < 0 or (self.mel_bins and not self.channels):
             raise ConfigError("head.mel_bins must be >= 0, and needs head.channels > 0")
+        if self.pitch and not self.mel_bins:
+            raise ConfigError("head.pitch is read beside the log-mel spectrum: it needs head.mel_bins > 0")
 
     def layers(self, encoder_layers: int) -> int:
         """How many transformer layers the head reads from an encoder of ``encoder_layers``."""
@@ -153,25 +197,28 @@ class SpeakerHead(nn.Module):
     With ``mel_bins`` > 0 the head also reads the log-mel spectrum of each frame
     (``log_mel_frames``), projected to ``channels`` and added to the encoder's frames: a
     CTC-tuned encoder keeps what tells characters apart and drops much of the timbre and
-    pitch that tell voices apart, which the spectrum still has.
+    pitch that tell voices apart, which the spectrum still has. With ``pitch`` it reads each
+    frame's F0 and voicing too (``pitch_frames``), beside the spectrum.
     """
 
     def __init__(self, hidden_size: int, num_layers: int, **shape):
         """``shape``: the fields of SpeakerHeadConfig but num_layers (dim, channels, attention_dim,
-        context, mel_bins), by name; an unknown name is a TypeError."""
+        context, mel_bins, pitch), by name; an unknown name is a TypeError."""
         super().__init__()
         settings = SpeakerHeadConfig(num_layers=num_layers, **shape)
         dim, channels, attention_dim, mel_bins = settings.dim, settings.channels, settings.attention_dim, settings.mel_bins
         if mel_bins and not channels:
             raise ValueError("a speaker head with mel_bins needs channels > 0")
+        if settings.pitch and not mel_bins:
+            raise ValueError("a speaker head with pitch needs mel_bins > 0")
         self.hidden_size, self.num_layers, self.dim = hidden_size, num_layers, dim
         self.channels, self.attention_dim, self.context = channels, attention_dim, list(settings.context)
-        self.mel_bins = mel_bins
+        self.mel_bins, self.pitch = mel_bins, settings.pitch
         self.layer_logits = nn.Parameter(torch.zeros(num_layers + 1))
         width = channels or hidden_size
         self.frame = nn.Sequential(nn.Linear(hidden_size, channels), nn.ReLU(), nn.LayerNorm(channels)) if channels else nn.Identity()
         if mel_bins:
-            self.mel_frame = nn.Sequential(nn.Linear(mel_bins, channels), nn.ReLU(), nn.LayerNorm(channels))
+            self.mel_frame = nn.Sequential(nn.Linear(self.spectra_width, channels), nn.ReLU(), nn.LayerNorm(channels))
         self.convs = nn.ModuleList(TemporalBlock(width, d) for d in self.context)
         self.pooling = AttentiveStatsPooling(width, attention_dim)
         self.norm = nn.LayerNorm(2 * width)
@@ -182,6 +229,11 @@ class SpeakerHead(nn.Module):
         """The head ``config`` describes, on an encoder of ``hidden_size`` and ``encoder_layers``."""
         return cls(hidden_size, config.layers(encoder_layers), **{name: getattr(config, name) for name in SHAPE_FIELDS})
 
+    @property
+    def spectra_width(self) -> int:
+        """Numbers per frame of the ``mel`` input: the log-mel bins, then pitch and voicing."""
+        return self.mel_bins + 2 * self.pitch
+
     def config(self) -> dict[str, int | list[int]]:
         """What rebuilds this head: ``SpeakerHead(**head.config())`` (stored as metadata["speaker_head"])."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
@@ -190,7 +242,7 @@ class SpeakerHead(nn.Module):
     def mel_input(self, waves: Tensor, frames: int) -> Tensor | None:
         """The ``mel`` argument of ``forward`` for (B, N) padded waves with ``frames`` encoder frames;
         None when this head reads no spectra."""
-        return log_mel_frames(waves, frames, self.mel_bins) if self.mel_bins else None
+        return frame_spectra(waves, frames, self.mel_bins, self.pitch) if self.mel_bins else None
 
     @property
     def layer_weights(self) -> Tensor:
@@ -208,7 +260,7 @@ class SpeakerHead(nn.Module):
         """hidden_states (B, T, L+1, C) or a list of L+1 tensors (B, T, C); lengths (B,) frames -> (B, dim).
 
         ``normalized``: the states already went through ``normalize_states`` (a training cache).
-        ``mel``: (B, T, mel_bins) from ``log_mel_frames``, required when the head has mel_bins.
+        ``mel``: (B, T, spectra_width) from ``mel_input``, required when the head has mel_bins.
         """
         states = hidden_states.float() if normalized else self.normalize_states(hidden_states, self.num_layers + 1)
         if states.shape[2] != self.num_layers + 1:
@@ -217,8 +269,9 @@ class SpeakerHead(nn.Module):
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
         x = self.frame(x)
         if self.mel_bins:
-            if mel is None or mel.shape[-1] != self.mel_bins:
-                raise ValueError(f"this speaker head reads {self.mel_bins} log-mel bins per frame: pass mel")
+            if mel is None or mel.shape[-1] != self.spectra_width:
+                extra = f" and its pitch and voicing ({self.spectra_width} numbers)" if self.pitch else ""
+                raise ValueError(f"this speaker head reads {self.mel_bins} log-mel bins per frame{extra}: pass mel")
             x = x + self.mel_frame(mel.float()[:, : x.shape[1]])
         for conv in self.convs:
             x = conv(x, valid)

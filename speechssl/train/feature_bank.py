@@ -26,7 +26,7 @@ from speechssl.config import ConfigError
 from speechssl.data.augment import augment
 from speechssl.data.manifest import Utterance
 from speechssl.data.sampler import SecondsBatchSampler
-from speechssl.models.heads import SpeakerHead, log_mel_frames
+from speechssl.models.heads import SpeakerHead, frame_spectra
 from speechssl.models.wav2vec2 import Wav2Vec2Model
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
                device: torch.device, raw: bool = False, progress: bool = True) -> FeatureBank:
     """Window, augment and encode every utterance once (seeded per utterance); ``raw`` keeps the
     states as the encoder gives them (the top layers' input when they are fine-tuned). With
-    ``config.head.mel_bins`` the log-mel spectra of the same augmented audio are kept beside them."""
+    ``config.head.mel_bins`` the log-mel spectra (and pitch track, ``head.pitch``) of the same
+    augmented audio are kept beside them."""
     encoder.eval()
     window = int(config.max_utterance_seconds * SAMPLE_RATE)
     slots = bank_items(utterances, config)
@@ -91,7 +92,7 @@ def build_bank(encoder: Wav2Vec2Model, utterances: list[Utterance], config: Spea
         out = encoder(padded.to(device), lengths.to(device), num_layers=num_states - 1)
         states = torch.stack(out.hidden_states, dim=2)  # (B, T, L+1, C)
         states = (states if raw else SpeakerHead.normalize_states(states)).half().cpu()
-        mel = log_mel_frames(padded, states.shape[1], bins).half() if bins else None
+        mel = frame_spectra(padded, states.shape[1], bins, config.head.pitch).half() if bins else None
         for row, i in enumerate(batch):
             items[i] = states[row, : int(out.lengths[row])].clone()
             if mel is not None:
@@ -121,7 +122,8 @@ def bank_key(config: SpeakerConfig, utterances: list[Utterance], num_states: int
             "max_utterance_seconds": config.max_utterance_seconds, "seed": config.run.seed, "states": num_states,
             # Only when set, so the banks cached before heads read spectra keep their keys.
             "raw": config.finetune_top_layers > 0, **({"mel_bins": config.head.mel_bins} if config.head.mel_bins else {}),
-            **({"windows": config.windows_per_utterance} if config.windows_per_utterance > 1 else {})}
+            **({"windows": config.windows_per_utterance} if config.windows_per_utterance > 1 else {}),
+            **({"pitch": True} if config.head.pitch else {})}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
