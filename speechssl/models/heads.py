@@ -105,7 +105,7 @@ def pitch_frames(waves: Tensor, frames: int) -> Tensor:
     pad_left = PITCH_WINDOW // 2 - centre
     needed = pad_left + hop * (frames - 1) + PITCH_WINDOW
     padded = F.pad(waves.float(), (pad_left, max(0, needed - pad_left - waves.shape[1])))
-    chunks = padded.unfold(1, PITCH_WINDOW, hop)[:, :frames]  # (B, frames, W)
+    chunks = padded.unfold(1, PITCH_WINDOW, hop)[:, :frames]  # (B, frames, W): padded to hold them all
     window = torch.hann_window(PITCH_WINDOW, device=waves.device)
     chunks = (chunks - chunks.mean(-1, keepdim=True)) * window
     n_fft = 2 * PITCH_WINDOW
@@ -118,8 +118,7 @@ def pitch_frames(waves: Tensor, frames: int) -> Tensor:
     best = (corr - cost).argmax(-1)  # (B, frames)
     voicing = corr.gather(-1, best.unsqueeze(-1)).squeeze(-1).clamp(0.0, 1.0)
     log_f0 = torch.log2(SAMPLE_RATE / lags[best].float() / 150.0)
-    out = torch.stack([log_f0 * voicing, voicing], dim=-1)  # unvoiced frames: no pitch to speak of
-    return F.pad(out, (0, 0, 0, max(0, frames - out.shape[1])))
+    return torch.stack([log_f0 * voicing, voicing], dim=-1)  # unvoiced frames: no pitch to speak of
 
 
 def frame_spectra(waves: Tensor, frames: int, bins: int, pitch: bool) -> Tensor:
