@@ -364,6 +364,41 @@ def test_finetune_reads_each_manifest_train_repeats_times_and_perturbs_the_copie
     assert summary.step == 2
 
 
+def test_init_head_goes_on_from_a_ctc_checkpoint(ctc_checkpoint, tiny_checkpoint, tmp_path):
+    """init_head starts the head, not only the encoder, from a CTC checkpoint (a second phase of
+    fine-tuning); without it the head is new. A checkpoint without a head is refused."""
+    from speechssl.checkpoint import load_checkpoint
+    from speechssl.config import ConfigError, load_config
+    from speechssl.train.ctc import CtcConfig, CtcTask
+
+    path, manifest = ctc_checkpoint
+    common = [f"init_from={path}", "data.crop_seconds=null", f"data.train=[{manifest}]", f"data.valid=[{manifest}]"]
+    saved = load_checkpoint(path).state_dict
+    go_on = CtcTask(load_config(CtcConfig, None, [*common, "init_head=true"])).module.state_dict()
+    fresh = CtcTask(load_config(CtcConfig, None, common)).module.state_dict()
+    assert all(torch.equal(go_on[k], saved[k].float()) for k in saved)
+    assert not torch.equal(fresh["ctc_head.proj.weight"], saved["ctc_head.proj.weight"].float())
+    assert torch.equal(fresh["wav2vec2.feature_projection.projection.weight"],
+                       saved["wav2vec2.feature_projection.projection.weight"].float())
+    with pytest.raises(ConfigError, match="holds no CTC head"):
+        CtcTask(load_config(CtcConfig, None, [*common[1:], f"init_from={tiny_checkpoint}", "init_head=true"]))
+    with pytest.raises(ConfigError, match="init_head needs init_from"):
+        load_config(CtcConfig, None, [*common[1:], "init_head=true"])
+
+
+def test_padded_copies_count_their_silence_in_the_batch_budget(tmp_path):
+    from speechssl.config import load_config
+    from speechssl.train.ctc import CtcConfig, training_utterances
+    from tests.conftest import FIXTURES
+
+    manifest = tmp_path / "a.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "path": str(FIXTURES / "speech.wav"), "duration": 1.0, "text": "hi"}) + "\n")
+    common = ["model.preset=tiny", "data.crop_seconds=null", f"data.train=[{manifest}]", "data.train_repeats=[2]"]
+    _, plain = training_utterances(load_config(CtcConfig, None, [*common, "data.augment={noise_prob: 0.0}"]))
+    _, padded = training_utterances(load_config(CtcConfig, None, [*common, "data.augment={pad_prob: 0.5, pad_seconds: 0.4}"]))
+    assert plain[0].duration == 1.0 and padded[0].duration == pytest.approx(1.2)
+
+
 @pytest.fixture(scope="module")
 def frozen_finetune(tiny_checkpoint, tmp_path_factory):
     """Three real updates from the tiny pretrained checkpoint with frozen_layers=1."""

@@ -247,6 +247,28 @@ def test_narrowband_copies_lose_what_is_above_4_khz():
         AugmentConfig(narrowband_prob=1.5).validate()
 
 
+def test_padded_copies_put_silence_around_the_speech():
+    from speechssl.data.augment import augment
+
+    wave = np.full(8000, 0.5, dtype=np.float32)
+    quiet = dict(speeds=[1.0], noise_prob=0.0, gain_db=[0.0, 0.0])
+    kept, _ = augment(wave, np.random.default_rng(0), AugmentConfig(**quiet))
+    padded, _ = augment(wave, np.random.default_rng(0), AugmentConfig(**quiet, pad_prob=1.0, pad_seconds=0.25))
+    assert np.array_equal(kept, wave)
+    voiced = np.flatnonzero(padded)
+    before, after = voiced[0], len(padded) - voiced[-1] - 1
+    assert voiced[-1] - voiced[0] + 1 == len(wave) and np.all(padded[voiced[0] : voiced[-1] + 1] == 0.5)
+    assert 0 < before <= 4000 and 0 < after <= 4000 and before != after  # each side drawn on its own
+    # Noise covers the pads at the speech's SNR, not at one lowered by the silence.
+    noisy, _ = augment(wave, np.random.default_rng(0), AugmentConfig(speeds=[1.0], noise_prob=1.0, snr_db=[20.0, 20.0],
+                                                                     gain_db=[0.0, 0.0], pad_prob=1.0, pad_seconds=0.25))
+    assert np.std(noisy[:before]) == pytest.approx(0.5 / 10, rel=0.15)
+    with pytest.raises(ConfigError, match="pad_prob"):
+        AugmentConfig(pad_prob=-0.1).validate()
+    with pytest.raises(ConfigError, match="pad_seconds"):
+        AugmentConfig(pad_seconds=-1.0).validate()
+
+
 def test_bad_objective_config_is_refused(fsdd_manifest, tmp_path):
     with pytest.raises(ConfigError, match="objective.kind"):
         run_pretrain(None, [*overrides(fsdd_manifest, tmp_path, 1), "objective.kind=simclr"])

@@ -1,5 +1,5 @@
-"""Waveform augmentation: speed perturbation, narrowband (8 kHz) sound, white noise at a
-random SNR, and gain.
+"""Waveform augmentation: speed perturbation, narrowband (8 kHz) sound, silence around the
+speech, white noise at a random SNR, and gain.
 
 Used by the speaker head's feature bank and by the training datasets (augmented copies of
 a manifest, ``data.train_repeats``). Every draw comes from the caller's generator, so an
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from speechssl.config import ConfigError
+from speechssl.config import SAMPLE_RATE, ConfigError
 from speechssl.data.manifest import Utterance, read_manifest
 
 # Marks the augmented copies of an utterance: "<id>#copy2" is its second copy.
@@ -32,14 +32,26 @@ class AugmentConfig:
     # Through 8 kHz sampling and back, as telephone audio and FSDD's recordings are: nothing above
     # 4 kHz, where most of the energy of s, f and th is; the model must find them below it.
     narrowband_prob: float = 0.0
+    # Silence of 0..pad_seconds before and after (each drawn): tightly trimmed clips (FSDD's
+    # digits) otherwise teach that a clip's edges are the word's, and the same digit with a
+    # pause around it, as a user records it, decodes to nothing. Noise, if drawn, covers it too.
+    pad_prob: float = 0.0
+    pad_seconds: float = 0.5
+
+    @property
+    def mean_pad_seconds(self) -> float:
+        """Seconds of silence a copy gains on average: what a batch sampler adds to its length."""
+        return self.pad_prob * self.pad_seconds  # two sides, each uniform in [0, pad_seconds]
 
     def validate(self) -> None:
         if not self.speeds or any(s <= 0 for s in self.speeds):
             raise ConfigError("augment.speeds: give one or more positive factors (1.0 = unchanged)")
         if len(self.snr_db) != 2 or len(self.gain_db) != 2:
             raise ConfigError("augment.snr_db and augment.gain_db are [low, high] ranges")
-        if not 0 <= self.noise_prob <= 1 or not 0 <= self.narrowband_prob <= 1:
-            raise ConfigError("augment.noise_prob and augment.narrowband_prob must be in [0, 1]")
+        if not all(0 <= p <= 1 for p in (self.noise_prob, self.narrowband_prob, self.pad_prob)):
+            raise ConfigError("augment.noise_prob, augment.narrowband_prob and augment.pad_prob must be in [0, 1]")
+        if self.pad_seconds < 0:
+            raise ConfigError(f"augment.pad_seconds must be >= 0, got {self.pad_seconds}")
 
 
 def augment(wave: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> tuple[np.ndarray, float]:
@@ -52,9 +64,12 @@ def augment(wave: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -
     if config.narrowband_prob and rng.random() < config.narrowband_prob:
         narrow = torchaudio.functional.resample(torch.from_numpy(wave), orig_freq=2, new_freq=1)
         wave = torchaudio.functional.resample(narrow, orig_freq=1, new_freq=2).numpy()[: len(wave)]
+    power = float(np.mean(wave**2)) + 1e-10  # of the speech: the SNR is not lowered by the pads
+    if config.pad_prob and rng.random() < config.pad_prob:
+        before, after = (rng.uniform(0, config.pad_seconds, size=2) * SAMPLE_RATE).astype(int)
+        wave = np.pad(wave, (before, after))
     if rng.random() < config.noise_prob:
         snr = rng.uniform(*config.snr_db)
-        power = float(np.mean(wave**2)) + 1e-10
         wave = wave + rng.standard_normal(len(wave)).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
     wave = wave * np.float32(10 ** (rng.uniform(*config.gain_db) / 20))
     return wave.astype(np.float32), speed

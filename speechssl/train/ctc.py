@@ -8,6 +8,7 @@ trains the same architecture from random weights, for the label-efficiency compa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from speechssl.checkpoint import Checkpoint
+from speechssl.checkpoint import Checkpoint, load_checkpoint
 from speechssl.config import ConfigError, build_model_config, load_config
 from speechssl.data.augment import copy_of
 from speechssl.data.dataset import Batch
@@ -42,6 +43,9 @@ FINETUNE_MODEL_KEYS = ("mask_prob", "mask_length", "mask_channel_prob", "mask_ch
 class CtcConfig:
     init_from: str | None = None  # pretrained checkpoint; None: random init from `model`
     from_scratch: bool = False  # take init_from's architecture but not its weights (the baseline)
+    # Also start the CTC head from init_from's (a CTC checkpoint): fine-tuning goes on from an
+    # earlier run's result with new data or settings, rather than from a pretrained encoder.
+    init_head: bool = False
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "small"})
     data: DataConfig = field(default_factory=lambda: DataConfig(crop_seconds=None, max_batch_seconds=60.0))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="tri_stage", lr=1e-4))
@@ -80,6 +84,8 @@ class CtcConfig:
             raise ConfigError("encoder_lr_scale must be in (0, 1]")
         if self.frozen_layers < 0:
             raise ConfigError("frozen_layers must be >= 0")
+        if self.init_head and (not self.init_from or self.from_scratch or self.probe):
+            raise ConfigError("init_head needs init_from (a CTC checkpoint) with from_scratch: false, and no probe")
         if self.frozen_layers and (not self.init_from or self.from_scratch):
             raise ConfigError("frozen_layers needs pretrained weights (init_from, from_scratch: false)")
 
@@ -109,6 +115,9 @@ def training_utterances(config: CtcConfig) -> tuple[list[Utterance], list[Uttera
     labeled = labeled_subset([u for m in manifests for u in m], config.labeled_hours, config.run.seed)
     reads = {id(u): count for m, count in zip(manifests, config.data.train_repeats or [1] * len(manifests)) for u in m}
     copies = [copy_of(u, n) for n in range(2, max(reads.values(), default=1) + 1) for u in labeled if reads[id(u)] >= n]
+    if config.data.augment is not None and config.data.augment.mean_pad_seconds:
+        # The sampler bounds a batch by these durations: count the silence the copies gain.
+        copies = [dataclasses.replace(u, duration=u.duration + config.data.augment.mean_pad_seconds) for u in copies]
     return labeled, copies
 
 
@@ -122,6 +131,8 @@ class CtcTask:
             overrides = {k: v for k, v in config.model.items() if k != "preset"}
             encoder = build.encoder(config.init_from, overrides, weights=not config.from_scratch)
             self.module = CtcModel(encoder.config, len(self.vocab), config.head_dropout, config.probe, encoder)
+            if config.init_head:
+                self.load_head(config.init_from)
         else:
             self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout, config.probe)
         if config.freeze_feature_encoder:
@@ -132,6 +143,18 @@ class CtcTask:
             except ValueError as exc:
                 raise ConfigError(f"frozen_layers: {exc}") from None
         self.step = 0
+
+    def load_head(self, path: str) -> None:
+        checkpoint = load_checkpoint(path)
+        head = {k.removeprefix("ctc_head."): v.float() for k, v in checkpoint.state_dict.items() if k.startswith("ctc_head.")}
+        if not head:
+            raise ConfigError(f"init_head: {path} holds no CTC head")
+        if checkpoint.metadata.get("vocab", self.vocab) != self.vocab:
+            raise ConfigError(f"init_head: {path} has another vocabulary than this CTC head's")
+        try:
+            self.module.ctc_head.load_state_dict(head)
+        except RuntimeError as exc:
+            raise ConfigError(f"init_head: {path}'s CTC head does not fit this model: {exc}") from None
 
     def before_step(self, step: int) -> None:
         self.step = step
