@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from speechssl.checkpoint import Checkpoint, load_checkpoint
+from speechssl.checkpoint import HEAD_PREFIXES, Checkpoint
 from speechssl.config import ConfigError, build_model_config, load_config
 from speechssl.data.augment import copy_of
 from speechssl.data.dataset import Batch
@@ -129,10 +129,11 @@ class CtcTask:
         self.vocab = CHAR_VOCAB
         if config.init_from:
             overrides = {k: v for k, v in config.model.items() if k != "preset"}
-            encoder = build.encoder(config.init_from, overrides, weights=not config.from_scratch)
+            source = build.read(config.init_from)  # read once: the encoder and, with init_head, the head
+            encoder = build.encoder(source, overrides, weights=not config.from_scratch)
             self.module = CtcModel(encoder.config, len(self.vocab), config.head_dropout, config.probe, encoder)
             if config.init_head:
-                self.load_head(config.init_from)
+                self.load_head(source)
         else:
             self.module = CtcModel(build_model_config(config.model), len(self.vocab), config.head_dropout, config.probe)
         if config.freeze_feature_encoder:
@@ -144,17 +145,12 @@ class CtcTask:
                 raise ConfigError(f"frozen_layers: {exc}") from None
         self.step = 0
 
-    def load_head(self, path: str) -> None:
-        checkpoint = load_checkpoint(path)
-        head = {k.removeprefix("ctc_head."): v.float() for k, v in checkpoint.state_dict.items() if k.startswith("ctc_head.")}
-        if not head:
-            raise ConfigError(f"init_head: {path} holds no CTC head")
-        if checkpoint.metadata.get("vocab", self.vocab) != self.vocab:
-            raise ConfigError(f"init_head: {path} has another vocabulary than this CTC head's")
-        try:
-            self.module.ctc_head.load_state_dict(head)
-        except RuntimeError as exc:
-            raise ConfigError(f"init_head: {path}'s CTC head does not fit this model: {exc}") from None
+    def load_head(self, source: Checkpoint) -> None:
+        if "ctc" not in source.heads:
+            raise ConfigError(f"init_head: {source.source} holds no CTC head")
+        if source.metadata.get("vocab", self.vocab) != self.vocab:
+            raise ConfigError(f"init_head: {source.source} has another vocabulary than this CTC head's")
+        build.load_weights(self.module.ctc_head, source, prefix=HEAD_PREFIXES["ctc"])
 
     def before_step(self, step: int) -> None:
         self.step = step
