@@ -3,7 +3,7 @@
 Each checkpoint's unit speaker vectors are concatenated (divided by sqrt(n), so the cosine of
 two fused vectors is the mean of the heads' cosines) for every combination of the checkpoints,
 then scored as the recipe's evaluate stage does: the validation and test trials (40 utterances
-per speaker), raw cosine and AS-norm (top 200) against 4 utterances of each training speaker.
+per speaker), raw cosine and AS-norm (top 200) against the recipe's cohort (``Recipe.cohort_utterances``).
 
     python experiments/speaker_fusion.py runs/sD/speaker/best.safetensors runs/sF/speaker/best.safetensors \\
         --run runs/v13 --json docs/results/speaker-fusion.json
@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import speechssl  # noqa: E402
 from speechssl.data.manifest import read_manifest  # noqa: E402
-from speechssl.data.selection import per_speaker_subset, with_speakers  # noqa: E402
+from speechssl.config import load_config  # noqa: E402
+from speechssl.data.selection import per_speaker_subset  # noqa: E402
 from speechssl.metrics import ScoreNorm, cosine_scores  # noqa: E402
+from speechssl.recipe import Recipe, RecipeConfig  # noqa: E402
 from speechssl.verification import cohort_vectors, error_figures, make_trials  # noqa: E402
 
 
@@ -33,15 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoints with a speaker head")
     parser.add_argument("--run", default="runs/default", help="a recipe out_dir after its data stage")
+    parser.add_argument("--recipe", default="configs/recipes/default.yaml", help="the recipe whose cohort draw is used")
     parser.add_argument("--top-k", type=int, default=200, help="AS-norm's cohort scores per side")
     parser.add_argument("--json", type=Path, help="write the EERs here")
     args = parser.parse_args(argv)
 
     run, real = Path(args.run), Path(args.run) / "real"
-    train = (read_manifest(run / "corpus" / "train.jsonl") + read_manifest(real / "an4-train.jsonl")
-             + read_manifest(real / "fsdd-train.jsonl")
-             + with_speakers(read_manifest(real / "librispeech.jsonl"), "^([0-9]+)-"))
-    cohort = per_speaker_subset(train, 4, seed=1)  # as the evaluate stage draws it
+    cohort = Recipe(load_config(RecipeConfig, args.recipe, [f"out_dir={args.run}"]), gpu=False).cohort_utterances()
     sets = {name: per_speaker_subset(read_manifest(path), 40, seed=0) for name, path in {
         "valid_synthetic": run / "corpus" / "valid.jsonl", "valid_an4": real / "an4-valid.jsonl",
         "test_synthetic": run / "corpus" / "test.jsonl", "test_an4": real / "an4-test.jsonl"}.items()}

@@ -351,27 +351,36 @@ class Recipe:
                                  if chosen.lm_background_words else "")}
         save_checkpoint(self.model_path, Checkpoint(state, ctc.model_config, metadata))
 
+    def speaker_rows(self, manifests: list[str]) -> list:
+        """The rows of ``manifests`` with their speakers, as the speaker stage labels them."""
+        from speechssl.data.manifest import read_manifest
+        from speechssl.data.selection import with_speakers
+
+        pattern = self.stage_paths("speaker")["speaker_id_pattern"]
+        return with_speakers([u for p in manifests for u in read_manifest(p)], pattern)
+
+    def cohort_utterances(self) -> list:
+        """The utterances whose speaker vectors are verify's AS-norm cohort: ``evaluate.cohort_per_speaker``
+        of each training speaker of the speaker stage, not the extra synthetic voices (with them in
+        the cohort the validation EER rose, docs/results/score-norm.md)."""
+        from speechssl.data.selection import per_speaker_subset
+
+        train = [p for p in self.stage_paths("speaker")["data.train"] if p != str(self.voices / "train.jsonl")]
+        return per_speaker_subset(self.speaker_rows(train), self.config.evaluate.cohort_per_speaker, seed=1)
+
     def add_cohort(self) -> None:
         """model.safetensors gains verify's AS-norm cohort: speaker vectors of the speaker stage's
         training speakers, and the normalised score's threshold at the EER point of the real
         validation speakers (AN4's): the voices the service is for. The synthetic validation
         voices' point sits far higher and rejected 60% of real same-speaker pairs."""
         import speechssl
-        from speechssl.data.manifest import read_manifest
-        from speechssl.data.selection import per_speaker_subset, with_speakers
+        from speechssl.data.selection import per_speaker_subset
         from speechssl.verification import cohort_vectors, norm_threshold
 
-        paths, chosen = self.stage_paths("speaker"), self.config.evaluate
-
-        def rows(manifests: list[str]) -> list:
-            return with_speakers([u for p in manifests for u in read_manifest(p)], paths["speaker_id_pattern"])
-
-        # Not the extra synthetic voices (data.voices): with them in the cohort the validation EER
-        # rose (docs/results/score-norm.md).
-        train = [p for p in paths["data.train"] if p != str(self.voices / "train.jsonl")]
+        chosen = self.config.evaluate
         model = speechssl.load(self.model_path)
-        cohort = cohort_vectors(model, per_speaker_subset(rows(train), chosen.cohort_per_speaker, seed=1))
-        valid = per_speaker_subset(rows([self.real("an4-valid")]), 40, seed=0)
+        cohort = cohort_vectors(model, self.cohort_utterances())
+        valid = per_speaker_subset(self.speaker_rows([self.real("an4-valid")]), 40, seed=0)
         norm, figures = norm_threshold(model, cohort, chosen.score_norm_top_k, valid)
         ckpt = load_checkpoint(self.model_path)
         ckpt.state_dict[COHORT_KEY] = torch.from_numpy(norm.cohort)
